@@ -1,0 +1,122 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabels {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_duration: Family<RouteLabels, Histogram>,
+    pub rejected: Family<CodeLabels, Counter>,
+    pub ingested: Family<ChannelLabels, Counter>,
+    pub deduplicated: Counter,
+    pub commit_duration: Histogram,
+    pub group_size: Histogram,
+    pub commit_failures: Counter,
+    pub streams_open: Gauge,
+    pub stream_frames_dropped: Counter,
+    pub config_reloads: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered", http_requests.clone());
+        let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.5, 12))
+        });
+        registry.register("http_request_duration_seconds", "Time to answer an HTTP request", http_duration.clone());
+        let rejected = Family::<CodeLabels, Counter>::default();
+        registry.register("rejected_requests", "Requests refused, by error code", rejected.clone());
+        let ingested = Family::<ChannelLabels, Counter>::default();
+        registry.register("messages_ingested", "New inbound messages stored", ingested.clone());
+        let deduplicated = Counter::default();
+        registry.register("events_deduplicated", "Events already stored under their dedupe key", deduplicated.clone());
+        let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register("store_commit_duration_seconds", "Time to commit one group of writes", commit_duration.clone());
+        let group_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register("store_group_size", "Writes committed together", group_size.clone());
+        let commit_failures = Counter::default();
+        registry.register("store_commit_failures", "Groups of writes whose commit failed", commit_failures.clone());
+        let streams_open = Gauge::default();
+        registry.register("streams_open", "Open WebSocket streams", streams_open.clone());
+        let stream_frames_dropped = Counter::default();
+        registry.register("stream_frames_dropped", "Frames a slow stream client missed", stream_frames_dropped.clone());
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("config_reloads", "Configuration reloads on SIGHUP", config_reloads.clone());
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            rejected,
+            ingested,
+            deduplicated,
+            commit_duration,
+            group_size,
+            commit_failures,
+            streams_open,
+            stream_frames_dropped,
+            config_reloads,
+        }
+    }
+
+    pub fn store_commit(&self, writes: usize, took: Duration) {
+        self.group_size.observe(writes as f64);
+        self.commit_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn store_commit_failed(&self) {
+        self.commit_failures.inc();
+    }
+
+    pub fn reject(&self, code: &'static str) {
+        self.rejected.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,149 @@
+//! The gateway process: open the store, serve the API, reload on SIGHUP, drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::metrics::{Metrics, ResultLabels};
+use crate::store::{self, AuditEntry, Store, StoreError};
+use crate::telemetry::LogControl;
+use crate::outbox;
+
+/// Frames kept per stream subscriber before it is told to resync.
+const BUS_CAPACITY: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs one tenant's gateway until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config, config_path: PathBuf, log: LogControl) -> Result<(), GatewayError> {
+    let started = Instant::now();
+    let metrics = Arc::new(Metrics::new());
+    let bus = Bus::new(BUS_CAPACITY);
+    let (store, writer) = Store::open(&config.data_dir, &config.store, bus.clone(), metrics.clone()).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(GatewayError::Serve)?;
+
+    let shutdown = CancellationToken::new();
+    let data_dir = config.data_dir.clone();
+    let tenant = config.tenant.id.clone();
+    let grace = config.limits.shutdown_grace;
+    let streams = Arc::new(Semaphore::new(config.limits.max_streams));
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let state = AppState {
+        store: store.clone(),
+        bus,
+        metrics: metrics.clone(),
+        config: config_rx,
+        shutdown: shutdown.clone(),
+        streams,
+    };
+
+    let mut term = signal(SignalKind::terminate()).map_err(GatewayError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(GatewayError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(GatewayError::Signals)?;
+    let signals = {
+        let shutdown = shutdown.clone();
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = int.recv() => break,
+                    _ = hup.recv() => reload(&config_path, &config_tx, &log, &metrics, &store).await,
+                }
+            }
+            tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
+            shutdown.cancel();
+        })
+    };
+    let delivery = tokio::spawn(outbox::run(store.clone(), shutdown.clone()));
+    let reads = store.reads().clone();
+    drop(store);
+
+    tracing::info!(
+        tenant = %tenant,
+        listen = %local_addr,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "gateway ready"
+    );
+    let app = api::router(state);
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace_expired = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(GatewayError::Serve)?,
+        _ = grace_expired => tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them"),
+    }
+    signals.abort();
+    let _ = delivery.await;
+    // Every handle on the store is gone now: the writer commits what it accepted, then ends.
+    writer.finish().await;
+    store::close(reads, &data_dir).await?;
+    tracing::info!("gateway stopped cleanly");
+    Ok(())
+}
+
+/// Re-reads the config file. Keys that need a restart keep their old value (with a
+/// warning); an invalid file changes nothing.
+async fn reload(
+    path: &std::path::Path,
+    config_tx: &watch::Sender<Arc<Config>>,
+    log: &LogControl,
+    metrics: &Metrics,
+    store: &Store,
+) {
+    let outcome = match Config::load(path) {
+        Ok(new) => {
+            let current = config_tx.borrow().clone();
+            let restart_only = current.restart_only_changes(&new);
+            if !restart_only.is_empty() {
+                tracing::warn!(keys = ?restart_only, "these keys only change at restart; keeping their current values");
+            }
+            let applied = current.reloadable_part_of(new);
+            if let Err(e) = log.set_level(&applied.log.level) {
+                tracing::warn!(error = %e, "cannot apply log.level");
+            }
+            config_tx.send_replace(Arc::new(applied));
+            tracing::info!("configuration reloaded");
+            "ok"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; keeping the running configuration");
+            "error"
+        }
+    };
+    metrics.config_reloads.get_or_create(&ResultLabels { result: outcome }).inc();
+    let entry = AuditEntry {
+        actor: "operator".into(),
+        action: "config.reload".into(),
+        target: Some(path.display().to_string()),
+        detail: Some(serde_json::json!({ "result": outcome })),
+    };
+    if let Err(e) = store.audit(entry).await {
+        tracing::warn!(error = %e, "cannot record the reload in the audit log");
+    }
+}
