@@ -89,7 +89,8 @@ fn environment_overrides_any_key() {
 #[test]
 fn every_error_names_its_key() {
     let token = [("TOKEN", "0123456789abcdef")];
-    let cases: Vec<(String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (MINIMAL.into(), vec![], "auth.inbox_token: environment variable TOKEN is not set"),
         (MINIMAL.replace("${TOKEN}", "${TOKEN"), vec![], "auth.inbox_token: unterminated"),
         (MINIMAL.into(), vec![("TOKEN", "short")], "auth.inbox_token: must be at least 16"),
