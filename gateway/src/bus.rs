@@ -23,7 +23,9 @@ pub struct Bus {
 impl Bus {
     /// `capacity` frames are kept per subscriber; one that falls further behind is told to resync.
     pub fn new(capacity: usize) -> Self {
-        Self { tx: broadcast::channel(capacity).0 }
+        Self {
+            tx: broadcast::channel(capacity).0,
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
@@ -37,6 +39,10 @@ impl Bus {
     pub fn publish(&self, conversation_id: ConversationId, frame: ServerFrame) {
         let json = serde_json::to_string(&frame).expect("frames serialize");
         // No receiver is not an error: nobody is listening right now.
-        let _ = self.tx.send(Arc::new(Published { conversation_id, frame, json }));
+        let _ = self.tx.send(Arc::new(Published {
+            conversation_id,
+            frame,
+            json,
+        }));
     }
 }

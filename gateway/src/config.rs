@@ -23,10 +23,15 @@ pub const ENV_OVERRIDE_PREFIX: &str = "MOLTBOT_GATEWAY__";
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path} is not valid YAML: {message}")]
     Yaml { path: PathBuf, message: String },
-    #[error("{key}: environment variable {var} is not set (write ${{{var}:-default}} for a default)")]
+    #[error(
+        "{key}: environment variable {var} is not set (write ${{{var}:-default}} for a default)"
+    )]
     MissingEnv { key: String, var: String },
     #[error("{key}: unterminated ${{ in {value:?}")]
     BadPlaceholder { key: String, value: String },
@@ -36,7 +41,10 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(key: &str, message: impl Into<String>) -> Self {
-        Self::Invalid { key: key.to_string(), message: message.into() }
+        Self::Invalid {
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -190,7 +198,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: default_log_level(), format: LogFormat::Auto }
+        Self {
+            level: default_log_level(),
+            format: LogFormat::Auto,
+        }
     }
 }
 
@@ -263,8 +274,10 @@ from_str_via_serde!(Synchronous, LogFormat);
 impl Config {
     /// Reads, substitutes, overrides and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let env: BTreeMap<String, String> = std::env::vars().collect();
         Self::from_yaml(&text, path, &env)
     }
@@ -275,20 +288,32 @@ impl Config {
         path: &Path,
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut tree: Value = serde_saphyr::from_str(text)
-            .map_err(|e| ConfigError::Yaml { path: path.to_path_buf(), message: e.to_string() })?;
+        let mut tree: Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if tree.is_null() {
             tree = Value::Object(Default::default());
         }
         if !tree.is_object() {
-            return Err(ConfigError::invalid("(root)", "the config must be a mapping"));
+            return Err(ConfigError::invalid(
+                "(root)",
+                "the config must be a mapping",
+            ));
         }
         substitute(&mut tree, "", env)?;
         apply_overrides(&mut tree, env)?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
-            let key = if key == "." { "(root)".to_string() } else { key };
-            ConfigError::Invalid { key, message: e.into_inner().to_string() }
+            let key = if key == "." {
+                "(root)".to_string()
+            } else {
+                key
+            };
+            ConfigError::Invalid {
+                key,
+                message: e.into_inner().to_string(),
+            }
         })?;
         config.validate()?;
         Ok(config)
@@ -298,7 +323,9 @@ impl Config {
         let id = &self.tenant.id;
         let dns_label = !id.is_empty()
             && id.len() <= 63
-            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !id.starts_with('-')
             && !id.ends_with('-');
         if !dns_label {
@@ -309,25 +336,43 @@ impl Config {
         }
         let token = self.auth.inbox_token.expose();
         if token.len() < 16 {
-            return Err(ConfigError::invalid("auth.inbox_token", "must be at least 16 characters"));
+            return Err(ConfigError::invalid(
+                "auth.inbox_token",
+                "must be at least 16 characters",
+            ));
         }
-        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)) {
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+        {
             return Err(ConfigError::invalid(
                 "auth.inbox_token",
                 "may only contain letters, digits and - . _ ~ + / =",
             ));
         }
         if !(1024..=64 << 20).contains(&self.limits.max_body_bytes) {
-            return Err(ConfigError::invalid("limits.max_body_bytes", "must be between 1024 and 67108864"));
+            return Err(ConfigError::invalid(
+                "limits.max_body_bytes",
+                "must be between 1024 and 67108864",
+            ));
         }
         if self.limits.max_streams == 0 {
-            return Err(ConfigError::invalid("limits.max_streams", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "limits.max_streams",
+                "must be at least 1",
+            ));
         }
         if !(1..=10_000).contains(&self.store.max_batch) {
-            return Err(ConfigError::invalid("store.max_batch", "must be between 1 and 10000"));
+            return Err(ConfigError::invalid(
+                "store.max_batch",
+                "must be between 1 and 10000",
+            ));
         }
         if !(1..=64).contains(&self.store.read_connections) {
-            return Err(ConfigError::invalid("store.read_connections", "must be between 1 and 64"));
+            return Err(ConfigError::invalid(
+                "store.read_connections",
+                "must be between 1 and 64",
+            ));
         }
         if self.data_dir.as_os_str().is_empty() {
             return Err(ConfigError::invalid("data_dir", "must not be empty"));
@@ -368,14 +413,21 @@ impl Config {
             listen: self.listen,
             data_dir: self.data_dir.clone(),
             store: self.store.clone(),
-            log: LogConfig { format: self.log.format, ..new.log },
+            log: LogConfig {
+                format: self.log.format,
+                ..new.log
+            },
             ..new
         }
     }
 }
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string; `$$` is a literal `$`.
-fn substitute(value: &mut Value, key: &str, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+fn substitute(
+    value: &mut Value,
+    key: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
     match value {
         Value::String(s) if s.contains('$') => *s = substitute_str(s, key, env)?,
         Value::Array(items) => {
@@ -385,7 +437,11 @@ fn substitute(value: &mut Value, key: &str, env: &BTreeMap<String, String>) -> R
         }
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                let child = if key.is_empty() { k.clone() } else { format!("{key}.{k}") };
+                let child = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
                 substitute(v, &child, env)?;
             }
         }
@@ -394,7 +450,11 @@ fn substitute(value: &mut Value, key: &str, env: &BTreeMap<String, String>) -> R
     Ok(())
 }
 
-fn substitute_str(s: &str, key: &str, env: &BTreeMap<String, String>) -> Result<String, ConfigError> {
+fn substitute_str(
+    s: &str,
+    key: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(pos) = rest.find('$') {
@@ -417,7 +477,10 @@ fn substitute_str(s: &str, key: &str, env: &BTreeMap<String, String>) -> Result<
                 (Some(v), _) => out.push_str(v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
-                    return Err(ConfigError::MissingEnv { key: key.to_string(), var: var.to_string() });
+                    return Err(ConfigError::MissingEnv {
+                        key: key.to_string(),
+                        var: var.to_string(),
+                    });
                 }
             }
             rest = &body[end + 1..];
@@ -433,7 +496,9 @@ fn substitute_str(s: &str, key: &str, env: &BTreeMap<String, String>) -> Result<
 /// Applies `MOLTBOT_GATEWAY__A__B=value` as the string value of key `a.b`.
 fn apply_overrides(tree: &mut Value, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
     for (name, value) in env.range(ENV_OVERRIDE_PREFIX.to_string()..) {
-        let Some(path) = name.strip_prefix(ENV_OVERRIDE_PREFIX) else { break };
+        let Some(path) = name.strip_prefix(ENV_OVERRIDE_PREFIX) else {
+            break;
+        };
         let segments: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
         if segments.iter().any(String::is_empty) {
             return Err(ConfigError::invalid(name, "malformed override name"));
@@ -449,7 +514,9 @@ fn apply_overrides(tree: &mut Value, env: &BTreeMap<String, String>) -> Result<(
                     ));
                 }
             };
-            node = map.entry(segment.clone()).or_insert_with(|| Value::Object(Default::default()));
+            node = map
+                .entry(segment.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
         }
         *node = Value::String(value.clone());
     }

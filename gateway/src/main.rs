@@ -32,7 +32,9 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let log = telemetry::init(&config.log);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(server::run(config, args.config, log))?;
     Ok(())
 }

@@ -62,29 +62,73 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests answered", http_requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered",
+            http_requests.clone(),
+        );
         let http_duration = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.5, 12))
         });
-        registry.register("http_request_duration_seconds", "Time to answer an HTTP request", http_duration.clone());
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            http_duration.clone(),
+        );
         let rejected = Family::<CodeLabels, Counter>::default();
-        registry.register("rejected_requests", "Requests refused, by error code", rejected.clone());
+        registry.register(
+            "rejected_requests",
+            "Requests refused, by error code",
+            rejected.clone(),
+        );
         let ingested = Family::<ChannelLabels, Counter>::default();
-        registry.register("messages_ingested", "New inbound messages stored", ingested.clone());
+        registry.register(
+            "messages_ingested",
+            "New inbound messages stored",
+            ingested.clone(),
+        );
         let deduplicated = Counter::default();
-        registry.register("events_deduplicated", "Events already stored under their dedupe key", deduplicated.clone());
+        registry.register(
+            "events_deduplicated",
+            "Events already stored under their dedupe key",
+            deduplicated.clone(),
+        );
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
-        registry.register("store_commit_duration_seconds", "Time to commit one group of writes", commit_duration.clone());
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time to commit one group of writes",
+            commit_duration.clone(),
+        );
         let group_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
-        registry.register("store_group_size", "Writes committed together", group_size.clone());
+        registry.register(
+            "store_group_size",
+            "Writes committed together",
+            group_size.clone(),
+        );
         let commit_failures = Counter::default();
-        registry.register("store_commit_failures", "Groups of writes whose commit failed", commit_failures.clone());
+        registry.register(
+            "store_commit_failures",
+            "Groups of writes whose commit failed",
+            commit_failures.clone(),
+        );
         let streams_open = Gauge::default();
-        registry.register("streams_open", "Open WebSocket streams", streams_open.clone());
+        registry.register(
+            "streams_open",
+            "Open WebSocket streams",
+            streams_open.clone(),
+        );
         let stream_frames_dropped = Counter::default();
-        registry.register("stream_frames_dropped", "Frames a slow stream client missed", stream_frames_dropped.clone());
+        registry.register(
+            "stream_frames_dropped",
+            "Frames a slow stream client missed",
+            stream_frames_dropped.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("config_reloads", "Configuration reloads on SIGHUP", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Configuration reloads on SIGHUP",
+            config_reloads.clone(),
+        );
         Self {
             registry,
             http_requests,

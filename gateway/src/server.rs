@@ -15,9 +15,9 @@ use crate::api::{self, AppState};
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::metrics::{Metrics, ResultLabels};
+use crate::outbox;
 use crate::store::{self, AuditEntry, Store, StoreError};
 use crate::telemetry::LogControl;
-use crate::outbox;
 
 /// Frames kept per stream subscriber before it is told to resync.
 const BUS_CAPACITY: usize = 4096;
@@ -27,7 +27,10 @@ pub enum GatewayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("server failed: {0}")]
@@ -35,14 +38,27 @@ pub enum GatewayError {
 }
 
 /// Runs one tenant's gateway until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: Config, config_path: PathBuf, log: LogControl) -> Result<(), GatewayError> {
+pub async fn run(
+    config: Config,
+    config_path: PathBuf,
+    log: LogControl,
+) -> Result<(), GatewayError> {
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let bus = Bus::new(BUS_CAPACITY);
-    let (store, writer) = Store::open(&config.data_dir, &config.store, bus.clone(), metrics.clone()).await?;
+    let (store, writer) = Store::open(
+        &config.data_dir,
+        &config.store,
+        bus.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
     let local_addr = listener.local_addr().map_err(GatewayError::Serve)?;
 
     let shutdown = CancellationToken::new();
@@ -89,7 +105,8 @@ pub async fn run(config: Config, config_path: PathBuf, log: LogControl) -> Resul
         "gateway ready"
     );
     let app = api::router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace_expired = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -100,7 +117,7 @@ pub async fn run(config: Config, config_path: PathBuf, log: LogControl) -> Resul
     }
     signals.abort();
     let _ = delivery.await;
-    // Every handle on the store is gone now: the writer commits what it accepted, then ends.
+    // Commit what was accepted; a request still open past the grace gets `shutting_down`.
     writer.finish().await;
     store::close(reads, &data_dir).await?;
     tracing::info!("gateway stopped cleanly");
@@ -136,7 +153,10 @@ async fn reload(
             "error"
         }
     };
-    metrics.config_reloads.get_or_create(&ResultLabels { result: outcome }).inc();
+    metrics
+        .config_reloads
+        .get_or_create(&ResultLabels { result: outcome })
+        .inc();
     let entry = AuditEntry {
         actor: "operator".into(),
         action: "config.reload".into(),

@@ -38,11 +38,18 @@ pub fn init(config: &LogConfig) -> LogControl {
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     let output = if json {
-        tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false).boxed()
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .boxed()
     } else {
         tracing_subscriber::fmt::layer().boxed()
     };
     // A second init (tests running the server in-process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(output).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(output)
+        .try_init();
     LogControl { handle, from_env }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{Gateway, TOKEN, webchat_body, write_config};
 use futures_util::{SinkExt, StreamExt};
 use moltbot_protocol::inbox::{
-    ApiError, ConversationView, DeliveryStatus, Direction, ErrorCode, Ingested, MessageView, Page, SearchHit,
-    ServerFrame,
+    ApiError, ConversationView, DeliveryStatus, Direction, ErrorCode, Ingested, MessageView, Page,
+    SearchHit, ServerFrame,
 };
 use reqwest::{Client, Response, StatusCode};
 use serde::de::DeserializeOwned;
@@ -31,7 +31,11 @@ impl Api {
     fn start_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (gateway, _) = Gateway::start(&write_config(dir.path(), extra));
-        Api { gateway, http: Client::new(), _dir: dir }
+        Api {
+            gateway,
+            http: Client::new(),
+            _dir: dir,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -39,7 +43,12 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> Response {
-        self.http.get(self.url(path)).bearer_auth(TOKEN).send().await.unwrap()
+        self.http
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> T {
@@ -49,7 +58,13 @@ impl Api {
     }
 
     async fn post_json(&self, path: &str, body: &serde_json::Value) -> Response {
-        self.http.post(self.url(path)).bearer_auth(TOKEN).json(body).send().await.unwrap()
+        self.http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Response {
@@ -81,7 +96,15 @@ impl Api {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -107,17 +130,33 @@ async fn ingest_is_idempotent_on_the_dedupe_key() {
     assert_eq!(status, StatusCode::OK);
     assert!(again.duplicate);
     assert_eq!(again.message_id, first.message_id);
-    assert_eq!(again.event_id, first.event_id, "the stored event is the first one");
+    assert_eq!(
+        again.event_id, first.event_id,
+        "the stored event is the first one"
+    );
     // The same client id in another session is another message.
     let (status, other) = api.webchat("s2", "m1", "hello").await;
     assert_eq!(status, StatusCode::CREATED);
     assert_ne!(other.message_id, first.message_id);
 
-    let page: Page<MessageView> = api.get_json(&format!("/v1/conversations/{}/messages", first.conversation_id.unwrap())).await;
+    let page: Page<MessageView> = api
+        .get_json(&format!(
+            "/v1/conversations/{}/messages",
+            first.conversation_id.unwrap()
+        ))
+        .await;
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].text.as_deref(), Some("hello"));
     assert_eq!(page.items[0].direction, Direction::Inbound);
-    assert_eq!(page.items[0].sender.as_ref().unwrap().display_name.as_deref(), Some("Ada"));
+    assert_eq!(
+        page.items[0]
+            .sender
+            .as_ref()
+            .unwrap()
+            .display_name
+            .as_deref(),
+        Some("Ada")
+    );
     assert_eq!(api.metric("gateway_events_deduplicated_total").await, 1.0);
 }
 
@@ -128,11 +167,15 @@ async fn canonical_events_are_ingested_once_and_applied() {
         json!({"schema_version": 1, "id": id, "occurred_at": "2026-11-21T10:00:00Z",
                "source": {"channel": "telegram", "connection": "tg"}, "type": kind, "data": data})
     };
-    let received = event("01JD0000000000000000000001", "message.received", json!({
+    let received = event(
+        "01JD0000000000000000000001",
+        "message.received",
+        json!({
         "conversation": {"provider_id": "chat-9", "kind": "group", "title": "Family"},
         "provider_message_id": "77", "sender": {"provider_id": "u1"}, "text": "dinner at eight",
         "attachments": [{"kind": "image", "mime_type": "image/png", "size_bytes": 10}],
-        "sent_at": "2026-11-21T10:00:00Z"}));
+        "sent_at": "2026-11-21T10:00:00Z"}),
+    );
     let response = api.post_json("/v1/events", &received).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let ingested: Ingested = response.json().await.unwrap();
@@ -145,34 +188,77 @@ async fn canonical_events_are_ingested_once_and_applied() {
     assert!(again.duplicate);
     assert_eq!(again.message_id, ingested.message_id);
 
-    let edit = event("01JD0000000000000000000003", "message.edited", json!({
-        "conversation": "chat-9", "provider_message_id": "77", "text": "dinner at nine", "edited_at": "2026-11-21T10:01:00Z"}));
-    assert_eq!(api.post_json("/v1/events", &edit).await.status(), StatusCode::CREATED);
-    assert_eq!(api.post_json("/v1/events", &edit).await.status(), StatusCode::OK);
+    let edit = event(
+        "01JD0000000000000000000003",
+        "message.edited",
+        json!({
+        "conversation": "chat-9", "provider_message_id": "77", "text": "dinner at nine", "edited_at": "2026-11-21T10:01:00Z"}),
+    );
+    assert_eq!(
+        api.post_json("/v1/events", &edit).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.post_json("/v1/events", &edit).await.status(),
+        StatusCode::OK
+    );
 
-    let message: MessageView = api.get_json(&format!("/v1/messages/{}", ingested.message_id.unwrap())).await;
+    let message: MessageView = api
+        .get_json(&format!("/v1/messages/{}", ingested.message_id.unwrap()))
+        .await;
     assert_eq!(message.text.as_deref(), Some("dinner at nine"));
     assert!(message.edited_at.is_some());
     assert_eq!(message.attachments.len(), 1);
-    assert_eq!(message.attachments[0].mime_type.as_deref(), Some("image/png"));
-    let conversation: ConversationView = api.get_json(&format!("/v1/conversations/{}", ingested.conversation_id.unwrap())).await;
+    assert_eq!(
+        message.attachments[0].mime_type.as_deref(),
+        Some("image/png")
+    );
+    let conversation: ConversationView = api
+        .get_json(&format!(
+            "/v1/conversations/{}",
+            ingested.conversation_id.unwrap()
+        ))
+        .await;
     assert_eq!(conversation.title.as_deref(), Some("Family"));
     assert_eq!(conversation.unread_count, 1);
 
-    let deletion = event("01JD0000000000000000000004", "message.deleted", json!({"conversation": "chat-9", "provider_message_id": "77"}));
-    assert_eq!(api.post_json("/v1/events", &deletion).await.status(), StatusCode::CREATED);
-    let message: MessageView = api.get_json(&format!("/v1/messages/{}", ingested.message_id.unwrap())).await;
+    let deletion = event(
+        "01JD0000000000000000000004",
+        "message.deleted",
+        json!({"conversation": "chat-9", "provider_message_id": "77"}),
+    );
+    assert_eq!(
+        api.post_json("/v1/events", &deletion).await.status(),
+        StatusCode::CREATED
+    );
+    let message: MessageView = api
+        .get_json(&format!("/v1/messages/{}", ingested.message_id.unwrap()))
+        .await;
     assert!(message.deleted);
     assert_eq!(message.text, None, "a deletion removes the text");
     let hits: Page<SearchHit> = api.get_json("/v1/search?q=dinner").await;
     assert!(hits.items.is_empty(), "deleted text is gone from search");
-    let conversation: ConversationView = api.get_json(&format!("/v1/conversations/{}", ingested.conversation_id.unwrap())).await;
+    let conversation: ConversationView = api
+        .get_json(&format!(
+            "/v1/conversations/{}",
+            ingested.conversation_id.unwrap()
+        ))
+        .await;
     assert_eq!(conversation.unread_count, 0);
 
     // Agent events come from the gateway itself, never from outside.
-    let agent = event("01JD0000000000000000000005", "agent.requested", json!({
-        "conversation_id": "01JD0000000000000000000006", "trigger_message_id": "01JD0000000000000000000007"}));
-    expect_error(api.post_json("/v1/events", &agent).await, StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest).await;
+    let agent = event(
+        "01JD0000000000000000000005",
+        "agent.requested",
+        json!({
+        "conversation_id": "01JD0000000000000000000006", "trigger_message_id": "01JD0000000000000000000007"}),
+    );
+    expect_error(
+        api.post_json("/v1/events", &agent).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -180,14 +266,24 @@ async fn send_is_idempotent_on_the_txn_id_and_delivers_web_chat() {
     let api = Api::start();
     let (_, ingested) = api.webchat("s1", "m1", "hi pi").await;
     let conversation = ingested.conversation_id.unwrap();
-    let first: MessageView = api.send(conversation, "txn-1", "hello back").await.json().await.unwrap();
+    let first: MessageView = api
+        .send(conversation, "txn-1", "hello back")
+        .await
+        .json()
+        .await
+        .unwrap();
     let second = api.send(conversation, "txn-1", "hello back").await;
     assert_eq!(second.status(), StatusCode::OK);
     let second: MessageView = second.json().await.unwrap();
     assert_eq!(first.id, second.id, "same txn id, same message");
     assert_eq!(first.direction, Direction::Outbound);
     assert_eq!(first.txn_id.as_deref(), Some("txn-1"));
-    let other: MessageView = api.send(conversation, "txn-2", "and again").await.json().await.unwrap();
+    let other: MessageView = api
+        .send(conversation, "txn-2", "and again")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_ne!(other.id, first.id);
 
     // The outbox delivers web-chat replies; wait for the status to move (bounded).
@@ -201,11 +297,27 @@ async fn send_is_idempotent_on_the_txn_id_and_delivers_web_chat() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(status, DeliveryStatus::Sent);
-    let page: Page<MessageView> = api.get_json(&format!("/v1/conversations/{conversation}/messages")).await;
-    assert_eq!(page.items.len(), 3, "one inbound, two outbound: the retried send stored nothing");
+    let page: Page<MessageView> = api
+        .get_json(&format!("/v1/conversations/{conversation}/messages"))
+        .await;
+    assert_eq!(
+        page.items.len(),
+        3,
+        "one inbound, two outbound: the retried send stored nothing"
+    );
 
-    expect_error(api.send("01JD0000000000000000000000", "t", "x").await, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
-    expect_error(api.send(conversation, "t3", "   ").await, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
+    expect_error(
+        api.send("01JD0000000000000000000000", "t", "x").await,
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+    )
+    .await;
+    expect_error(
+        api.send(conversation, "t3", "   ").await,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -217,7 +329,9 @@ async fn conversations_and_messages_paginate_without_gaps_or_repeats() {
     }
     let mut conversation = None;
     for n in 0..25 {
-        let (_, ingested) = api.webchat("s3", &format!("c{n}"), &format!("message {n}")).await;
+        let (_, ingested) = api
+            .webchat("s3", &format!("c{n}"), &format!("message {n}"))
+            .await;
         conversation = ingested.conversation_id;
     }
     let conversation = conversation.unwrap();
@@ -225,8 +339,13 @@ async fn conversations_and_messages_paginate_without_gaps_or_repeats() {
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..10 {
-        let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-        let page: Page<ConversationView> = api.get_json(&format!("/v1/conversations?limit=3{query}")).await;
+        let query = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let page: Page<ConversationView> = api
+            .get_json(&format!("/v1/conversations?limit=3{query}"))
+            .await;
         assert!(page.items.len() <= 3);
         seen.extend(page.items.into_iter().map(|c| c.id));
         cursor = page.next_cursor;
@@ -235,7 +354,10 @@ async fn conversations_and_messages_paginate_without_gaps_or_repeats() {
         }
     }
     assert_eq!(seen.len(), 7);
-    assert_eq!(seen[0], conversation, "the most recently active conversation comes first");
+    assert_eq!(
+        seen[0], conversation,
+        "the most recently active conversation comes first"
+    );
     let mut unique = seen.clone();
     unique.sort();
     unique.dedup();
@@ -244,8 +366,15 @@ async fn conversations_and_messages_paginate_without_gaps_or_repeats() {
     let mut texts = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..10 {
-        let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-        let page: Page<MessageView> = api.get_json(&format!("/v1/conversations/{conversation}/messages?limit=10{query}")).await;
+        let query = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let page: Page<MessageView> = api
+            .get_json(&format!(
+                "/v1/conversations/{conversation}/messages?limit=10{query}"
+            ))
+            .await;
         texts.extend(page.items.into_iter().map(|m| m.text.unwrap()));
         cursor = page.next_cursor;
         if cursor.is_none() {
@@ -260,7 +389,13 @@ async fn conversations_and_messages_paginate_without_gaps_or_repeats() {
 
     // Pinning moves a conversation to the top; the channel and unread filters apply.
     let last = *seen.last().unwrap();
-    let pin = api.http.put(api.url(&format!("/v1/conversations/{last}/pin"))).bearer_auth(TOKEN).send().await.unwrap();
+    let pin = api
+        .http
+        .put(api.url(&format!("/v1/conversations/{last}/pin")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(pin.status(), StatusCode::NO_CONTENT);
     let page: Page<ConversationView> = api.get_json("/v1/conversations?limit=1").await;
     assert_eq!(page.items[0].id, last);
@@ -270,9 +405,24 @@ async fn conversations_and_messages_paginate_without_gaps_or_repeats() {
     let telegram: Page<ConversationView> = api.get_json("/v1/conversations?channel=telegram").await;
     assert!(telegram.items.is_empty());
 
-    expect_error(api.get("/v1/conversations?cursor=bm9wZQ").await, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
-    expect_error(api.get("/v1/conversations?limit=0").await, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
-    expect_error(api.get("/v1/conversations?limit=abc").await, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
+    expect_error(
+        api.get("/v1/conversations?cursor=bm9wZQ").await,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
+    expect_error(
+        api.get("/v1/conversations?limit=0").await,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
+    expect_error(
+        api.get("/v1/conversations?limit=abc").await,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -283,26 +433,67 @@ async fn unread_counts_follow_mark_read() {
         let (_, ingested) = api.webchat("s1", &format!("m{n}"), "ping").await;
         ids.push(ingested.message_id.unwrap());
     }
-    let conversation = api.webchat("s1", "m0", "ping").await.1.conversation_id.unwrap();
-    let view: ConversationView = api.get_json(&format!("/v1/conversations/{conversation}")).await;
+    let conversation = api
+        .webchat("s1", "m0", "ping")
+        .await
+        .1
+        .conversation_id
+        .unwrap();
+    let view: ConversationView = api
+        .get_json(&format!("/v1/conversations/{conversation}"))
+        .await;
     assert_eq!(view.unread_count, 4);
     let unread: Page<ConversationView> = api.get_json("/v1/conversations?unread=true").await;
     assert_eq!(unread.items.len(), 1);
 
-    let read = api.post_json(&format!("/v1/conversations/{conversation}/read"), &json!({"up_to": ids[1]})).await;
+    let read = api
+        .post_json(
+            &format!("/v1/conversations/{conversation}/read"),
+            &json!({"up_to": ids[1]}),
+        )
+        .await;
     assert_eq!(read.status(), StatusCode::OK);
-    assert_eq!(read.json::<ConversationView>().await.unwrap().unread_count, 2);
+    assert_eq!(
+        read.json::<ConversationView>().await.unwrap().unread_count,
+        2
+    );
     // An older marker arriving late does not make messages unread again.
-    let late = api.post_json(&format!("/v1/conversations/{conversation}/read"), &json!({"up_to": ids[0]})).await;
-    assert_eq!(late.json::<ConversationView>().await.unwrap().unread_count, 2);
-    let all = api.http.post(api.url(&format!("/v1/conversations/{conversation}/read"))).bearer_auth(TOKEN).send().await.unwrap();
-    assert_eq!(all.json::<ConversationView>().await.unwrap().unread_count, 0);
+    let late = api
+        .post_json(
+            &format!("/v1/conversations/{conversation}/read"),
+            &json!({"up_to": ids[0]}),
+        )
+        .await;
+    assert_eq!(
+        late.json::<ConversationView>().await.unwrap().unread_count,
+        2
+    );
+    let all = api
+        .http
+        .post(api.url(&format!("/v1/conversations/{conversation}/read")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        all.json::<ConversationView>().await.unwrap().unread_count,
+        0
+    );
     let unread: Page<ConversationView> = api.get_json("/v1/conversations?unread=true").await;
     assert!(unread.items.is_empty());
 
-    let foreign = api.webchat("s2", "x", "elsewhere").await.1.message_id.unwrap();
+    let foreign = api
+        .webchat("s2", "x", "elsewhere")
+        .await
+        .1
+        .message_id
+        .unwrap();
     expect_error(
-        api.post_json(&format!("/v1/conversations/{conversation}/read"), &json!({"up_to": foreign})).await,
+        api.post_json(
+            &format!("/v1/conversations/{conversation}/read"),
+            &json!({"up_to": foreign}),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
         ErrorCode::InvalidRequest,
     )
@@ -312,7 +503,8 @@ async fn unread_counts_follow_mark_read() {
 #[tokio::test]
 async fn search_finds_words_prefixes_and_treats_syntax_as_text() {
     let api = Api::start();
-    api.webchat("s1", "a", "Let's meet at the café tomorrow").await;
+    api.webchat("s1", "a", "Let's meet at the café tomorrow")
+        .await;
     api.webchat("s1", "b", "the cafe was closed").await;
     api.webchat("s2", "c", "tomorrow never comes").await;
     let hits: Page<SearchHit> = api.get_json("/v1/search?q=cafe").await;
@@ -323,14 +515,27 @@ async fn search_finds_words_prefixes_and_treats_syntax_as_text() {
     let hits: Page<SearchHit> = api.get_json("/v1/search?q=meet%20tomorrow").await;
     assert_eq!(hits.items.len(), 1, "all words must match");
     let hits: Page<SearchHit> = api.get_json("/v1/search?q=%22NEAR(%20*").await;
-    assert!(hits.items.is_empty(), "syntax characters are plain words, not errors");
+    assert!(
+        hits.items.is_empty(),
+        "syntax characters are plain words, not errors"
+    );
     let page: Page<SearchHit> = api.get_json("/v1/search?q=the&limit=1").await;
     assert_eq!(page.items.len(), 1);
-    let rest: Page<SearchHit> = api.get_json(&format!("/v1/search?q=the&limit=1&cursor={}", page.next_cursor.unwrap())).await;
+    let rest: Page<SearchHit> = api
+        .get_json(&format!(
+            "/v1/search?q=the&limit=1&cursor={}",
+            page.next_cursor.unwrap()
+        ))
+        .await;
     assert_eq!(rest.items.len(), 1);
     assert_ne!(rest.items[0].message.id, page.items[0].message.id);
     assert!(rest.next_cursor.is_none());
-    expect_error(api.get("/v1/search?q=%20").await, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
+    expect_error(
+        api.get("/v1/search?q=%20").await,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -339,7 +544,10 @@ async fn every_inbox_route_requires_the_token() {
     let routes = [
         ("GET", "/v1/conversations"),
         ("GET", "/v1/conversations/01JD0000000000000000000000"),
-        ("GET", "/v1/conversations/01JD0000000000000000000000/messages"),
+        (
+            "GET",
+            "/v1/conversations/01JD0000000000000000000000/messages",
+        ),
         ("PUT", "/v1/conversations/01JD0000000000000000000000/pin"),
         ("POST", "/v1/conversations/01JD0000000000000000000000/read"),
         ("PUT", "/v1/conversations/01JD0000000000000000000000/send/t"),
@@ -350,23 +558,55 @@ async fn every_inbox_route_requires_the_token() {
         ("GET", "/v1/stream"),
     ];
     for (method, path) in routes {
-        for auth in [None, Some("Bearer wrong-token-wrong-token"), Some("Basic dGVzdA=="), Some(TOKEN)] {
+        for auth in [
+            None,
+            Some("Bearer wrong-token-wrong-token"),
+            Some("Basic dGVzdA=="),
+            Some(TOKEN),
+        ] {
             let mut request = api.http.request(method.parse().unwrap(), api.url(path));
             if let Some(value) = auth {
                 request = request.header("authorization", value);
             }
             let response = request.send().await.unwrap();
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {auth:?}");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {auth:?}"
+            );
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
             let body: ApiError = response.json().await.unwrap();
             assert_eq!(body.error, ErrorCode::Unauthorized);
         }
     }
     // Health and metrics stay open for probes and scrapers.
-    assert_eq!(api.http.get(api.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
-    assert_eq!(api.http.get(api.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
-    assert!(api.metric("gateway_rejected_requests_total{code=\"unauthorized\"}").await >= 44.0);
-    assert!(!api.gateway.log_text().contains(TOKEN), "the token never appears in a log line");
+    assert_eq!(
+        api.http
+            .get(api.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.http
+            .get(api.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert!(
+        api.metric("gateway_rejected_requests_total{code=\"unauthorized\"}")
+            .await
+            >= 44.0
+    );
+    assert!(
+        !api.gateway.log_text().contains(TOKEN),
+        "the token never appears in a log line"
+    );
 }
 
 #[tokio::test]
@@ -383,17 +623,76 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     empty_sender["data"]["sender"]["provider_id"] = json!("");
 
     let cases: Vec<(&str, Vec<u8>, StatusCode, ErrorCode)> = vec![
-        ("/v1/events", b"{not json".to_vec(), StatusCode::BAD_REQUEST, ErrorCode::BadJson),
-        ("/v1/events", b"{\"text\":\"\xff\xfe\"}".to_vec(), StatusCode::BAD_REQUEST, ErrorCode::InvalidUtf8),
-        ("/v1/events", unknown.to_string().into_bytes(), StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::UnknownEventType),
-        ("/v1/events", future.to_string().into_bytes(), StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::UnsupportedSchemaVersion),
-        ("/v1/events", empty_sender.to_string().into_bytes(), StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
-        ("/v1/events", vec![b' '; 4096], StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
-        ("/v1/webchat/messages", b"[]".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
-        ("/v1/webchat/messages", b"{\"session\":\"s\"}".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
-        ("/v1/webchat/messages", webchat_body(1, 1).replace("load message number 1", "").into_bytes(), StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
-        ("/v1/webchat/messages", format!("{} trailing", webchat_body(1, 1)).into_bytes(), StatusCode::BAD_REQUEST, ErrorCode::BadJson),
-        ("/v1/webchat/messages", webchat_body(1, 1).replace("s0", &"s".repeat(300)).into_bytes(), StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
+        (
+            "/v1/events",
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadJson,
+        ),
+        (
+            "/v1/events",
+            b"{\"text\":\"\xff\xfe\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidUtf8,
+        ),
+        (
+            "/v1/events",
+            unknown.to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::UnknownEventType,
+        ),
+        (
+            "/v1/events",
+            future.to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::UnsupportedSchemaVersion,
+        ),
+        (
+            "/v1/events",
+            empty_sender.to_string().into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "/v1/events",
+            vec![b' '; 4096],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+        ),
+        (
+            "/v1/webchat/messages",
+            b"[]".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "/v1/webchat/messages",
+            b"{\"session\":\"s\"}".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "/v1/webchat/messages",
+            webchat_body(1, 1)
+                .replace("load message number 1", "")
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            "/v1/webchat/messages",
+            format!("{} trailing", webchat_body(1, 1)).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadJson,
+        ),
+        (
+            "/v1/webchat/messages",
+            webchat_body(1, 1)
+                .replace("s0", &"s".repeat(300))
+                .into_bytes(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+        ),
     ];
     for (path, body, status, code) in cases {
         let shown = String::from_utf8_lossy(&body[..body.len().min(60)]).to_string();
@@ -403,32 +702,94 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         assert_eq!(error.error, code, "{path} {shown}: {}", error.message);
     }
     // A body over the limit without a Content-Length (chunked) is refused while reading.
-    let chunks = futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
-    let response = api.post_raw("/v1/events", reqwest::Body::wrap_stream(chunks)).await;
-    expect_error(response, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge).await;
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    let response = api
+        .post_raw("/v1/events", reqwest::Body::wrap_stream(chunks))
+        .await;
+    expect_error(
+        response,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+    )
+    .await;
     // Wrong media type, unknown route, wrong method, malformed ids.
-    let form = api.http.post(api.url("/v1/webchat/messages")).bearer_auth(TOKEN).header("content-type", "text/plain").body("hi").send().await.unwrap();
-    expect_error(form, StatusCode::UNSUPPORTED_MEDIA_TYPE, ErrorCode::UnsupportedMediaType).await;
-    expect_error(api.get("/v1/nothing-here").await, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
-    let wrong_method = api.http.delete(api.url("/v1/search")).bearer_auth(TOKEN).send().await.unwrap();
-    expect_error(wrong_method, StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed).await;
-    expect_error(api.get("/v1/conversations/not-a-ulid").await, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
-    expect_error(api.get("/v1/conversations?bogus=1").await, StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest).await;
+    let form = api
+        .http
+        .post(api.url("/v1/webchat/messages"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        form,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::UnsupportedMediaType,
+    )
+    .await;
+    expect_error(
+        api.get("/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+    )
+    .await;
+    let wrong_method = api
+        .http
+        .delete(api.url("/v1/search"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        wrong_method,
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+    )
+    .await;
+    expect_error(
+        api.get("/v1/conversations/not-a-ulid").await,
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+    )
+    .await;
+    expect_error(
+        api.get("/v1/conversations?bogus=1").await,
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+    )
+    .await;
 
     let conversations: Page<ConversationView> = api.get_json("/v1/conversations").await;
-    assert!(conversations.items.is_empty(), "nothing was stored by any refused request");
+    assert!(
+        conversations.items.is_empty(),
+        "nothing was stored by any refused request"
+    );
     assert!(api.metric("gateway_rejected_requests_total").await >= 17.0);
     assert_eq!(api.metric("gateway_messages_ingested_total").await, 0.0);
     // And the gateway still works.
-    assert_eq!(api.post_json("/v1/events", &valid_event).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.post_json("/v1/events", &valid_event).await.status(),
+        StatusCode::CREATED
+    );
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(api: &Api, query: &str, auth: impl FnOnce(&mut tungstenite::handshake::client::Request)) -> Socket {
-    let mut request = format!("ws://{}/v1/stream{query}", api.gateway.addr).into_client_request().unwrap();
+async fn connect(
+    api: &Api,
+    query: &str,
+    auth: impl FnOnce(&mut tungstenite::handshake::client::Request),
+) -> Socket {
+    let mut request = format!("ws://{}/v1/stream{query}", api.gateway.addr)
+        .into_client_request()
+        .unwrap();
     auth(&mut request);
-    let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("stream opens");
+    let (socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("stream opens");
     assert_eq!(response.headers()["sec-websocket-protocol"], "moltbot.v1");
     socket
 }
@@ -447,8 +808,12 @@ async fn next_frame(socket: &mut Socket) -> ServerFrame {
 }
 
 fn bearer_header(request: &mut tungstenite::handshake::client::Request) {
-    request.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    request.headers_mut().insert("sec-websocket-protocol", "moltbot.v1".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "moltbot.v1".parse().unwrap());
 }
 
 #[tokio::test]
@@ -459,15 +824,25 @@ async fn stream_delivers_committed_changes_to_subscribers() {
 
     // A browser cannot set headers: it sends the token as a subprotocol.
     let mut one = connect(&api, &format!("?conversation_id={watched}"), |r| {
-        r.headers_mut().insert("sec-websocket-protocol", format!("moltbot.v1, bearer.{TOKEN}").parse().unwrap());
+        r.headers_mut().insert(
+            "sec-websocket-protocol",
+            format!("moltbot.v1, bearer.{TOKEN}").parse().unwrap(),
+        );
     })
     .await;
     let mut tenant = connect(&api, "", bearer_header).await;
-    let ServerFrame::Subscriptions(subs) = next_frame(&mut one).await else { panic!("subscriptions first") };
+    let ServerFrame::Subscriptions(subs) = next_frame(&mut one).await else {
+        panic!("subscriptions first")
+    };
     assert_eq!(subs.conversations, vec![watched]);
     assert!(!subs.tenant);
-    let ServerFrame::Subscriptions(subs) = next_frame(&mut tenant).await else { panic!("subscriptions") };
-    assert!(subs.tenant, "without a conversation_id the stream follows the whole tenant");
+    let ServerFrame::Subscriptions(subs) = next_frame(&mut tenant).await else {
+        panic!("subscriptions")
+    };
+    assert!(
+        subs.tenant,
+        "without a conversation_id the stream follows the whole tenant"
+    );
     assert!(subs.conversations.is_empty());
 
     // A message elsewhere reaches the tenant stream only; then one in the watched conversation reaches both.
@@ -479,7 +854,10 @@ async fn stream_delivers_committed_changes_to_subscribers() {
             tenant_messages.push(m.id);
         }
     }
-    assert_eq!(tenant_messages, vec![elsewhere.message_id.unwrap(), here.message_id.unwrap()]);
+    assert_eq!(
+        tenant_messages,
+        vec![elsewhere.message_id.unwrap(), here.message_id.unwrap()]
+    );
     let created = loop {
         match next_frame(&mut one).await {
             ServerFrame::MessageCreated(m) => break m,
@@ -487,7 +865,11 @@ async fn stream_delivers_committed_changes_to_subscribers() {
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(created.id, here.message_id.unwrap(), "the other conversation's message was filtered out");
+    assert_eq!(
+        created.id,
+        here.message_id.unwrap(),
+        "the other conversation's message was filtered out"
+    );
     assert_eq!(created.text.as_deref(), Some("here"));
 
     // A duplicate publishes nothing; a send publishes the new message, then its delivery.
@@ -510,10 +892,20 @@ async fn stream_delivers_committed_changes_to_subscribers() {
     assert!(saw_created);
 
     // A bad frame gets an error frame; the stream stays open.
-    one.send(Message::Text("{\"op\":\"dance\"}".into())).await.unwrap();
-    assert!(matches!(next_frame(&mut one).await, ServerFrame::Error(e) if e.error == ErrorCode::BadJson));
-    one.send(Message::Text(format!(r#"{{"op":"unsubscribe","conversation_id":"{watched}"}}"#).into())).await.unwrap();
-    let ServerFrame::Subscriptions(subs) = next_frame(&mut one).await else { panic!("subscriptions") };
+    one.send(Message::Text("{\"op\":\"dance\"}".into()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_frame(&mut one).await, ServerFrame::Error(e) if e.error == ErrorCode::BadJson)
+    );
+    one.send(Message::Text(
+        format!(r#"{{"op":"unsubscribe","conversation_id":"{watched}"}}"#).into(),
+    ))
+    .await
+    .unwrap();
+    let ServerFrame::Subscriptions(subs) = next_frame(&mut one).await else {
+        panic!("subscriptions")
+    };
     assert!(subs.conversations.is_empty());
     assert_eq!(api.metric("gateway_streams_open").await, 2.0);
 }
@@ -521,12 +913,17 @@ async fn stream_delivers_committed_changes_to_subscribers() {
 #[tokio::test]
 async fn stream_refuses_unknown_conversations_and_plain_http() {
     let api = Api::start();
-    let response = api.get("/v1/stream?conversation_id=01JD0000000000000000000000").await;
+    let response = api
+        .get("/v1/stream?conversation_id=01JD0000000000000000000000")
+        .await;
     // Not an upgrade request at all: refused before looking further.
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let mut request = format!("ws://{}/v1/stream?conversation_id=01JD0000000000000000000000", api.gateway.addr)
-        .into_client_request()
-        .unwrap();
+    let mut request = format!(
+        "ws://{}/v1/stream?conversation_id=01JD0000000000000000000000",
+        api.gateway.addr
+    )
+    .into_client_request()
+    .unwrap();
     bearer_header(&mut request);
     match tokio_tungstenite::connect_async(request).await {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),

@@ -80,12 +80,16 @@ impl DedupeKey {
                 &m.provider_message_id,
                 &m.sha256,
             ]),
-            EventBody::AgentRequested(a) => {
-                provider(&[kind, &a.conversation_id.to_string(), &a.trigger_message_id.to_string()])
-            }
-            EventBody::AgentResponded(a) => {
-                provider(&[kind, &a.conversation_id.to_string(), &a.trigger_message_id.to_string()])
-            }
+            EventBody::AgentRequested(a) => provider(&[
+                kind,
+                &a.conversation_id.to_string(),
+                &a.trigger_message_id.to_string(),
+            ]),
+            EventBody::AgentResponded(a) => provider(&[
+                kind,
+                &a.conversation_id.to_string(),
+                &a.trigger_message_id.to_string(),
+            ]),
         }
     }
 }
@@ -101,7 +105,11 @@ fn provider(fields: &[&str]) -> DedupeKey {
 }
 
 fn content_hash(channel: &str, conn: &str, m: &MessageReceived) -> DedupeKey {
-    let bucket = m.sent_at.as_second().div_euclid(DEDUPE_TIME_BUCKET_SECS).to_string();
+    let bucket = m
+        .sent_at
+        .as_second()
+        .div_euclid(DEDUPE_TIME_BUCKET_SECS)
+        .to_string();
     // Attachments count as content: the same caption on two different photos is two messages.
     let attachments = serde_json::to_string(&m.attachments).expect("attachments serialize");
     let fields = [

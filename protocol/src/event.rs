@@ -346,7 +346,12 @@ struct WireEvent<'a> {
 impl Event {
     /// A new event with a fresh id.
     pub fn new(source: Source, occurred_at: Timestamp, body: EventBody) -> Self {
-        Self { id: EventId::new(), occurred_at, source, body }
+        Self {
+            id: EventId::new(),
+            occurred_at,
+            source,
+            body,
+        }
     }
 
     pub fn event_type(&self) -> EventType {
@@ -362,10 +367,14 @@ impl Event {
     /// the type, then the body, then field rules, so each failure gets its own error.
     pub fn from_slice(bytes: &[u8], max_bytes: usize) -> Result<Self, ProtocolError> {
         if bytes.len() > max_bytes {
-            return Err(ProtocolError::PayloadTooLarge { size: bytes.len(), limit: max_bytes });
+            return Err(ProtocolError::PayloadTooLarge {
+                size: bytes.len(),
+                limit: max_bytes,
+            });
         }
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| ProtocolError::InvalidUtf8 { offset: e.valid_up_to() })?;
+        let text = std::str::from_utf8(bytes).map_err(|e| ProtocolError::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        })?;
         let wire: WireEvent<'_> = serde_json::from_str(text)?;
         if wire.schema_version != SCHEMA_VERSION {
             return Err(ProtocolError::UnsupportedSchemaVersion {
@@ -375,7 +384,12 @@ impl Event {
         }
         let kind: EventType = wire.kind.parse()?;
         let body = EventBody::from_raw(kind, wire.data)?;
-        let event = Event { id: wire.id, occurred_at: wire.occurred_at, source: wire.source, body };
+        let event = Event {
+            id: wire.id,
+            occurred_at: wire.occurred_at,
+            source: wire.source,
+            body,
+        };
         event.validate()?;
         Ok(event)
     }
@@ -411,9 +425,20 @@ impl Event {
                     });
                 }
             }
-            EventBody::MessageEdited(MessageEdited { conversation, provider_message_id, .. })
-            | EventBody::MessageDeleted(MessageDeleted { conversation, provider_message_id })
-            | EventBody::MediaAvailable(MediaAvailable { conversation, provider_message_id, .. }) => {
+            EventBody::MessageEdited(MessageEdited {
+                conversation,
+                provider_message_id,
+                ..
+            })
+            | EventBody::MessageDeleted(MessageDeleted {
+                conversation,
+                provider_message_id,
+            })
+            | EventBody::MediaAvailable(MediaAvailable {
+                conversation,
+                provider_message_id,
+                ..
+            }) => {
                 check_id("data.conversation", conversation)?;
                 check_id("data.provider_message_id", provider_message_id)?;
             }
@@ -446,7 +471,10 @@ pub fn check_id(field: &'static str, value: &str) -> Result<(), ProtocolError> {
     let reason = if value.is_empty() {
         "must not be empty".to_string()
     } else if value.len() > MAX_PROVIDER_ID_BYTES {
-        format!("is {} bytes; at most {MAX_PROVIDER_ID_BYTES} allowed", value.len())
+        format!(
+            "is {} bytes; at most {MAX_PROVIDER_ID_BYTES} allowed",
+            value.len()
+        )
     } else if value.chars().any(char::is_control) {
         "must not contain control characters".to_string()
     } else {

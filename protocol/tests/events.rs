@@ -9,11 +9,18 @@ fn ts(s: &str) -> Timestamp {
 }
 
 fn source() -> Source {
-    Source { channel: Channel::Telegram, connection: "tg-main".into() }
+    Source {
+        channel: Channel::Telegram,
+        connection: "tg-main".into(),
+    }
 }
 
 fn participant(id: &str) -> Participant {
-    Participant { provider_id: id.into(), display_name: Some("Ada".into()), handle: None }
+    Participant {
+        provider_id: id.into(),
+        display_name: Some("Ada".into()),
+        handle: None,
+    }
 }
 
 fn received(provider_message_id: Option<&str>, text: &str, sent_at: &str) -> Event {
@@ -45,8 +52,11 @@ fn one_of_each() -> Vec<Event> {
         sender: participant("user-7"),
         emoji: "👍".into(),
     };
-    let conversation =
-        ConversationRef { provider_id: "chat-1".into(), kind: ConversationKind::Group, title: Some("Family".into()) };
+    let conversation = ConversationRef {
+        provider_id: "chat-1".into(),
+        kind: ConversationKind::Group,
+        title: Some("Family".into()),
+    };
     let bodies = vec![
         EventBody::MessageReceived(MessageReceived {
             conversation: conversation.clone(),
@@ -69,7 +79,10 @@ fn one_of_each() -> Vec<Event> {
             text: Some("hello again".into()),
             edited_at: at,
         }),
-        EventBody::MessageDeleted(MessageDeleted { conversation: "chat-1".into(), provider_message_id: "42".into() }),
+        EventBody::MessageDeleted(MessageDeleted {
+            conversation: "chat-1".into(),
+            provider_message_id: "42".into(),
+        }),
         EventBody::ReactionAdded(reaction.clone()),
         EventBody::ReactionRemoved(reaction),
         EventBody::ConversationCreated(conversation.clone()),
@@ -96,14 +109,21 @@ fn one_of_each() -> Vec<Event> {
             reply_message_id: Some(MessageId::new()),
         }),
     ];
-    bodies.into_iter().map(|b| Event::new(source(), at, b)).collect()
+    bodies
+        .into_iter()
+        .map(|b| Event::new(source(), at, b))
+        .collect()
 }
 
 #[test]
 fn every_event_type_round_trips_through_json() {
     let events = one_of_each();
     let types: Vec<EventType> = events.iter().map(Event::event_type).collect();
-    assert_eq!(types, EventType::ALL, "one_of_each must cover every type, in order");
+    assert_eq!(
+        types,
+        EventType::ALL,
+        "one_of_each must cover every type, in order"
+    );
     for event in events {
         let json = event.to_json();
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -114,7 +134,8 @@ fn every_event_type_round_trips_through_json() {
         let back = Event::from_slice(json.as_bytes(), 1 << 20).unwrap();
         assert_eq!(back, event);
         // The serde impls agree with the explicit ones.
-        let via_serde: Event = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        let via_serde: Event =
+            serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
         assert_eq!(via_serde, event);
     }
 }
@@ -127,14 +148,22 @@ fn wire_form_is_the_documented_shape() {
     let event = Event::from_slice(json.as_bytes(), 4096).unwrap();
     assert_eq!(event.id.to_string(), "01JD0000000000000000000000");
     assert_eq!(event.source.channel, Channel::Webchat);
-    let EventBody::MessageReceived(m) = &event.body else { panic!("wrong body: {:?}", event.body) };
-    assert_eq!(m.conversation.kind, ConversationKind::Dm, "kind defaults to dm");
+    let EventBody::MessageReceived(m) = &event.body else {
+        panic!("wrong body: {:?}", event.body)
+    };
+    assert_eq!(
+        m.conversation.kind,
+        ConversationKind::Dm,
+        "kind defaults to dm"
+    );
     assert_eq!(m.text.as_deref(), Some("hi"));
 }
 
 #[test]
 fn unknown_type_is_its_own_error() {
-    let json = received(Some("1"), "x", "2026-11-21T10:00:00Z").to_json().replace("message.received", "message.teleported");
+    let json = received(Some("1"), "x", "2026-11-21T10:00:00Z")
+        .to_json()
+        .replace("message.received", "message.teleported");
     match Event::from_slice(json.as_bytes(), 1 << 20) {
         Err(ProtocolError::UnknownEventType(t)) => assert_eq!(t, "message.teleported"),
         other => panic!("expected UnknownEventType, got {other:?}"),
@@ -152,49 +181,85 @@ fn oversized_payload_is_refused_before_parsing() {
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
     // Garbage that is too large is refused for its size, not its content.
-    assert!(matches!(Event::from_slice(&[0xff; 2000], 1000), Err(ProtocolError::PayloadTooLarge { .. })));
+    assert!(matches!(
+        Event::from_slice(&[0xff; 2000], 1000),
+        Err(ProtocolError::PayloadTooLarge { .. })
+    ));
 }
 
 #[test]
 fn invalid_utf8_malformed_json_and_bad_fields_are_typed() {
-    let mut bytes = received(Some("1"), "abc", "2026-11-21T10:00:00Z").to_json().into_bytes();
+    let mut bytes = received(Some("1"), "abc", "2026-11-21T10:00:00Z")
+        .to_json()
+        .into_bytes();
     let pos = bytes.windows(3).position(|w| w == b"abc").unwrap();
     bytes[pos + 1] = 0xc3; // a lone lead byte
     assert!(matches!(
         Event::from_slice(&bytes, 1 << 20),
         Err(ProtocolError::InvalidUtf8 { offset }) if offset == pos + 1
     ));
-    assert!(matches!(Event::from_slice(b"{\"schema_version\":1", 1 << 20), Err(ProtocolError::Malformed(_))));
-    assert!(matches!(Event::from_slice(b"[]", 1 << 20), Err(ProtocolError::Malformed(_))));
-
-    let future = received(Some("1"), "x", "2026-11-21T10:00:00Z").to_json().replace("\"schema_version\":1", "\"schema_version\":9");
     assert!(matches!(
-        Event::from_slice(future.as_bytes(), 1 << 20),
-        Err(ProtocolError::UnsupportedSchemaVersion { found: 9, supported: 1 })
+        Event::from_slice(b"{\"schema_version\":1", 1 << 20),
+        Err(ProtocolError::Malformed(_))
+    ));
+    assert!(matches!(
+        Event::from_slice(b"[]", 1 << 20),
+        Err(ProtocolError::Malformed(_))
     ));
 
-    let empty_sender = received(Some("1"), "x", "2026-11-21T10:00:00Z").to_json().replace("\"user-7\"", "\"\"");
+    let future = received(Some("1"), "x", "2026-11-21T10:00:00Z")
+        .to_json()
+        .replace("\"schema_version\":1", "\"schema_version\":9");
+    assert!(matches!(
+        Event::from_slice(future.as_bytes(), 1 << 20),
+        Err(ProtocolError::UnsupportedSchemaVersion {
+            found: 9,
+            supported: 1
+        })
+    ));
+
+    let empty_sender = received(Some("1"), "x", "2026-11-21T10:00:00Z")
+        .to_json()
+        .replace("\"user-7\"", "\"\"");
     assert!(matches!(
         Event::from_slice(empty_sender.as_bytes(), 1 << 20),
-        Err(ProtocolError::InvalidField { field: "data.sender.provider_id", .. })
+        Err(ProtocolError::InvalidField {
+            field: "data.sender.provider_id",
+            ..
+        })
     ));
     let no_content = received(Some("1"), "", "2026-11-21T10:00:00Z").to_json();
     assert!(matches!(
         Event::from_slice(no_content.as_bytes(), 1 << 20),
-        Err(ProtocolError::InvalidField { field: "data.text", .. })
+        Err(ProtocolError::InvalidField {
+            field: "data.text",
+            ..
+        })
     ));
-    let unknown_channel = received(Some("1"), "x", "2026-11-21T10:00:00Z").to_json().replace("\"telegram\"", "\"pager\"");
-    assert!(matches!(Event::from_slice(unknown_channel.as_bytes(), 1 << 20), Err(ProtocolError::Malformed(_))));
+    let unknown_channel = received(Some("1"), "x", "2026-11-21T10:00:00Z")
+        .to_json()
+        .replace("\"telegram\"", "\"pager\"");
+    assert!(matches!(
+        Event::from_slice(unknown_channel.as_bytes(), 1 << 20),
+        Err(ProtocolError::Malformed(_))
+    ));
 }
 
 #[test]
 fn provider_id_decides_the_dedupe_key_when_present() {
     let a = received(Some("42"), "hello", "2026-11-21T10:00:00Z");
-    let redelivered = received(Some("42"), "hello (edited by a buggy provider)", "2026-11-21T11:00:00Z");
+    let redelivered = received(
+        Some("42"),
+        "hello (edited by a buggy provider)",
+        "2026-11-21T11:00:00Z",
+    );
     assert_ne!(a.id, redelivered.id, "each delivery is its own event");
     assert_eq!(a.dedupe_key(), redelivered.dedupe_key());
     assert!(a.dedupe_key().as_str().starts_with("p1:"));
-    assert_ne!(a.dedupe_key(), received(Some("43"), "hello", "2026-11-21T10:00:00Z").dedupe_key());
+    assert_ne!(
+        a.dedupe_key(),
+        received(Some("43"), "hello", "2026-11-21T10:00:00Z").dedupe_key()
+    );
 
     let mut other_connection = a.clone();
     other_connection.source.connection = "tg-second".into();
@@ -206,16 +271,29 @@ fn without_provider_id_the_key_hashes_sender_conversation_bucket_and_content() {
     let a = received(None, "hello", "2026-11-21T10:00:01Z");
     assert!(a.dedupe_key().as_str().starts_with("h1:"));
     // Same bucket, same content: one message.
-    assert_eq!(a.dedupe_key(), received(None, "hello", "2026-11-21T10:00:08Z").dedupe_key());
+    assert_eq!(
+        a.dedupe_key(),
+        received(None, "hello", "2026-11-21T10:00:08Z").dedupe_key()
+    );
     // Next bucket, other content, other sender, other conversation: different.
-    assert_ne!(a.dedupe_key(), received(None, "hello", "2026-11-21T10:00:11Z").dedupe_key());
-    assert_ne!(a.dedupe_key(), received(None, "hello!", "2026-11-21T10:00:01Z").dedupe_key());
+    assert_ne!(
+        a.dedupe_key(),
+        received(None, "hello", "2026-11-21T10:00:11Z").dedupe_key()
+    );
+    assert_ne!(
+        a.dedupe_key(),
+        received(None, "hello!", "2026-11-21T10:00:01Z").dedupe_key()
+    );
     let mut other_sender = received(None, "hello", "2026-11-21T10:00:01Z");
-    let EventBody::MessageReceived(m) = &mut other_sender.body else { unreachable!() };
+    let EventBody::MessageReceived(m) = &mut other_sender.body else {
+        unreachable!()
+    };
     m.sender.provider_id = "user-8".into();
     assert_ne!(a.dedupe_key(), other_sender.dedupe_key());
     let mut other_chat = received(None, "hello", "2026-11-21T10:00:01Z");
-    let EventBody::MessageReceived(m) = &mut other_chat.body else { unreachable!() };
+    let EventBody::MessageReceived(m) = &mut other_chat.body else {
+        unreachable!()
+    };
     m.conversation.provider_id = "chat-2".into();
     assert_ne!(a.dedupe_key(), other_chat.dedupe_key());
 }
@@ -224,9 +302,13 @@ fn without_provider_id_the_key_hashes_sender_conversation_bucket_and_content() {
 fn field_boundaries_cannot_be_shifted_to_collide() {
     let mut a = received(Some("2"), "x", "2026-11-21T10:00:00Z");
     let mut b = a.clone();
-    let EventBody::MessageReceived(m) = &mut a.body else { unreachable!() };
+    let EventBody::MessageReceived(m) = &mut a.body else {
+        unreachable!()
+    };
     m.conversation.provider_id = "chat-1".into();
-    let EventBody::MessageReceived(m) = &mut b.body else { unreachable!() };
+    let EventBody::MessageReceived(m) = &mut b.body else {
+        unreachable!()
+    };
     m.conversation.provider_id = "chat-".into();
     m.provider_message_id = Some("12".into());
     assert_ne!(a.dedupe_key(), b.dedupe_key());
@@ -235,7 +317,11 @@ fn field_boundaries_cannot_be_shifted_to_collide() {
 #[test]
 fn reaction_add_remove_add_are_three_events() {
     let events = one_of_each();
-    let add = events.iter().find(|e| e.event_type() == EventType::ReactionAdded).unwrap().clone();
+    let add = events
+        .iter()
+        .find(|e| e.event_type() == EventType::ReactionAdded)
+        .unwrap()
+        .clone();
     let mut again = add.clone();
     again.occurred_at = ts("2026-11-21T10:05:00Z");
     assert_ne!(add.dedupe_key(), again.dedupe_key());
@@ -247,10 +333,26 @@ fn reaction_add_remove_add_are_three_events() {
 #[test]
 fn websocket_frames_have_the_documented_shape() {
     let frame: ClientFrame = serde_json::from_str(r#"{"op":"subscribe"}"#).unwrap();
-    assert_eq!(frame, ClientFrame::Subscribe { conversation_id: None });
+    assert_eq!(
+        frame,
+        ClientFrame::Subscribe {
+            conversation_id: None
+        }
+    );
     let id = ConversationId::new();
-    let frame: ClientFrame = serde_json::from_str(&format!(r#"{{"op":"unsubscribe","conversation_id":"{id}"}}"#)).unwrap();
-    assert_eq!(frame, ClientFrame::Unsubscribe { conversation_id: Some(id) });
+    let frame: ClientFrame = serde_json::from_str(&format!(
+        r#"{{"op":"unsubscribe","conversation_id":"{id}"}}"#
+    ))
+    .unwrap();
+    assert_eq!(
+        frame,
+        ClientFrame::Unsubscribe {
+            conversation_id: Some(id)
+        }
+    );
     let json = serde_json::to_value(ServerFrame::Resync { missed: 3 }).unwrap();
-    assert_eq!(json, serde_json::json!({"type": "resync", "data": {"missed": 3}}));
+    assert_eq!(
+        json,
+        serde_json::json!({"type": "resync", "data": {"missed": 3}})
+    );
 }

@@ -17,7 +17,11 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -29,7 +33,11 @@ impl Failure {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing or wrong bearer token")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing or wrong bearer token",
+        )
     }
 
     pub fn too_large(limit: usize) -> Self {
@@ -47,10 +55,15 @@ pub struct Refused(pub ErrorCode);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        let body = ApiError { error: self.code, message: self.message };
+        let body = ApiError {
+            error: self.code,
+            message: self.message,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if self.code == ErrorCode::Unauthorized {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response.extensions_mut().insert(Refused(self.code));
         response
@@ -62,12 +75,18 @@ impl From<StoreError> for Failure {
         match e {
             StoreError::NotFound(what) => Failure::not_found(format!("{what} not found")),
             StoreError::Invalid(message) => Failure::invalid(message),
-            StoreError::Closed => {
-                Failure::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown, "the gateway is shutting down")
-            }
+            StoreError::Closed => Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ShuttingDown,
+                "the gateway is shutting down",
+            ),
             other => {
                 tracing::error!(error = %other, "store failure");
-                Failure::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error; nothing was stored")
+                Failure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "internal error; nothing was stored",
+                )
             }
         }
     }
@@ -76,14 +95,22 @@ impl From<StoreError> for Failure {
 impl From<ProtocolError> for Failure {
     fn from(e: ProtocolError) -> Self {
         let (status, code) = match &e {
-            ProtocolError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge),
+            ProtocolError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
             ProtocolError::InvalidUtf8 { .. } => (StatusCode::BAD_REQUEST, ErrorCode::InvalidUtf8),
             ProtocolError::Malformed(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadJson),
-            ProtocolError::UnknownEventType(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::UnknownEventType),
-            ProtocolError::UnsupportedSchemaVersion { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::UnsupportedSchemaVersion)
+            ProtocolError::UnknownEventType(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::UnknownEventType,
+            ),
+            ProtocolError::UnsupportedSchemaVersion { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::UnsupportedSchemaVersion,
+            ),
+            ProtocolError::InvalidField { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
             }
-            ProtocolError::InvalidField { .. } => (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest),
         };
         Failure::new(status, code, e.to_string())
     }

@@ -46,13 +46,20 @@ impl FromRequest<AppState> for BodyText {
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<LengthLimitError>() => return Err(Failure::too_large(limit)),
-            Err(e) => return Err(Failure::invalid(format!("could not read the request body: {e}"))),
+            Err(e) => {
+                return Err(Failure::invalid(format!(
+                    "could not read the request body: {e}"
+                )));
+            }
         };
         if let Err(e) = std::str::from_utf8(&bytes) {
             return Err(Failure::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::InvalidUtf8,
-                format!("request body is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()),
+                format!(
+                    "request body is not valid UTF-8 (first bad byte at offset {})",
+                    e.valid_up_to()
+                ),
             ));
         }
         Ok(BodyText(bytes))
@@ -91,14 +98,23 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Failure> {
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
+        let message = if path == "." {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
         if inner.is_data() {
-            Failure::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest, message)
+            Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                message,
+            )
         } else {
             Failure::new(StatusCode::BAD_REQUEST, ErrorCode::BadJson, message)
         }
     })?;
-    de.end().map_err(|e| Failure::new(StatusCode::BAD_REQUEST, ErrorCode::BadJson, e.to_string()))?;
+    de.end()
+        .map_err(|e| Failure::new(StatusCode::BAD_REQUEST, ErrorCode::BadJson, e.to_string()))?;
     Ok(value)
 }
 

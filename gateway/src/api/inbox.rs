@@ -8,8 +8,8 @@ use jiff::Timestamp;
 use moltbot_protocol::event::check_id;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::inbox::{
-    ConversationView, DEFAULT_PAGE_SIZE, Ingested, MAX_PAGE_SIZE, MarkRead, MessageView, Page, SearchHit, SendMessage,
-    WebchatMessage,
+    ConversationView, DEFAULT_PAGE_SIZE, Ingested, MAX_PAGE_SIZE, MarkRead, MessageView, Page,
+    SearchHit, SendMessage, WebchatMessage,
 };
 use moltbot_protocol::{Event, EventType};
 use serde::Deserialize;
@@ -52,7 +52,9 @@ pub struct SearchParams {
 fn page_size(limit: Option<u32>) -> Result<u32, Failure> {
     match limit.unwrap_or(DEFAULT_PAGE_SIZE) {
         n @ 1..=MAX_PAGE_SIZE => Ok(n),
-        n => Err(Failure::invalid(format!("limit {n} is outside 1..={MAX_PAGE_SIZE}"))),
+        n => Err(Failure::invalid(format!(
+            "limit {n} is outside 1..={MAX_PAGE_SIZE}"
+        ))),
     }
 }
 
@@ -61,7 +63,9 @@ fn check_text(text: &str) -> Result<(), Failure> {
         return Err(Failure::invalid("text must not be empty"));
     }
     if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(Failure::invalid(format!("text is longer than {MAX_TEXT_CHARS} characters")));
+        return Err(Failure::invalid(format!(
+            "text is longer than {MAX_TEXT_CHARS} characters"
+        )));
     }
     Ok(())
 }
@@ -71,8 +75,17 @@ pub async fn list_conversations(
     ApiQuery(params): ApiQuery<ListConversations>,
 ) -> Result<Json<Page<ConversationView>>, Failure> {
     let limit = page_size(params.limit)?;
-    let filter = ConversationFilter { channel: params.channel, pinned: params.pinned, unread: params.unread };
-    Ok(Json(state.store.conversations(&filter, params.cursor.as_deref(), limit).await?))
+    let filter = ConversationFilter {
+        channel: params.channel,
+        pinned: params.pinned,
+        unread: params.unread,
+    };
+    Ok(Json(
+        state
+            .store
+            .conversations(&filter, params.cursor.as_deref(), limit)
+            .await?,
+    ))
 }
 
 pub async fn get_conversation(
@@ -88,7 +101,12 @@ pub async fn list_messages(
     ApiQuery(params): ApiQuery<PageParams>,
 ) -> Result<Json<Page<MessageView>>, Failure> {
     let limit = page_size(params.limit)?;
-    Ok(Json(state.store.messages(id, params.cursor.as_deref(), limit).await?))
+    Ok(Json(
+        state
+            .store
+            .messages(id, params.cursor.as_deref(), limit)
+            .await?,
+    ))
 }
 
 pub async fn get_message(
@@ -98,12 +116,18 @@ pub async fn get_message(
     Ok(Json(state.store.message(id).await?))
 }
 
-pub async fn pin(State(state): State<AppState>, ApiPath(id): ApiPath<ConversationId>) -> Result<StatusCode, Failure> {
+pub async fn pin(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<StatusCode, Failure> {
     state.store.set_pinned(id, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn unpin(State(state): State<AppState>, ApiPath(id): ApiPath<ConversationId>) -> Result<StatusCode, Failure> {
+pub async fn unpin(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ConversationId>,
+) -> Result<StatusCode, Failure> {
     state.store.set_pinned(id, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -126,8 +150,14 @@ pub async fn send(
 ) -> Result<Json<MessageView>, Failure> {
     check_id("txn_id", &txn_id).map_err(|e| Failure::invalid(e.to_string()))?;
     check_text(&body.text)?;
-    let (message_id, _duplicate) =
-        state.store.send(OutboundMessage { conversation_id: id, txn_id, text: body.text }).await?;
+    let (message_id, _duplicate) = state
+        .store
+        .send(OutboundMessage {
+            conversation_id: id,
+            txn_id,
+            text: body.text,
+        })
+        .await?;
     Ok(Json(state.store.message(message_id).await?))
 }
 
@@ -136,17 +166,36 @@ pub async fn search(
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<Json<Page<SearchHit>>, Failure> {
     let limit = page_size(params.limit)?;
-    Ok(Json(state.store.search(&params.q, params.conversation_id, params.cursor.as_deref(), limit).await?))
+    Ok(Json(
+        state
+            .store
+            .search(
+                &params.q,
+                params.conversation_id,
+                params.cursor.as_deref(),
+                limit,
+            )
+            .await?,
+    ))
 }
 
 /// `POST /v1/events`: one canonical event from a connector or the bridge ingress.
-pub async fn ingest_event(State(state): State<AppState>, BodyText(bytes): BodyText) -> Result<impl IntoResponse, Failure> {
+pub async fn ingest_event(
+    State(state): State<AppState>,
+    BodyText(bytes): BodyText,
+) -> Result<impl IntoResponse, Failure> {
     let event = Event::from_slice(&bytes, state.config().limits.max_body_bytes)?;
-    if matches!(event.event_type(), EventType::AgentRequested | EventType::AgentResponded) {
+    if matches!(
+        event.event_type(),
+        EventType::AgentRequested | EventType::AgentResponded
+    ) {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             moltbot_protocol::inbox::ErrorCode::InvalidRequest,
-            format!("{} events are produced by the gateway itself", event.event_type()),
+            format!(
+                "{} events are produced by the gateway itself",
+                event.event_type()
+            ),
         ));
     }
     ingest(&state, event).await
@@ -169,12 +218,33 @@ pub async fn webchat_message(
 async fn ingest(state: &AppState, event: Event) -> Result<(StatusCode, Json<Ingested>), Failure> {
     let channel = event.source.channel.as_str();
     let is_message = event.event_type() == EventType::MessageReceived;
-    let IngestOutcome { event_id, message_id, conversation_id, duplicate } = state.store.ingest(event).await?;
+    let IngestOutcome {
+        event_id,
+        message_id,
+        conversation_id,
+        duplicate,
+    } = state.store.ingest(event).await?;
     if duplicate {
         state.metrics.deduplicated.inc();
     } else if is_message {
-        state.metrics.ingested.get_or_create(&crate::metrics::ChannelLabels { channel }).inc();
+        state
+            .metrics
+            .ingested
+            .get_or_create(&crate::metrics::ChannelLabels { channel })
+            .inc();
     }
-    let status = if duplicate { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(Ingested { event_id, message_id, conversation_id, duplicate })))
+    let status = if duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(Ingested {
+            event_id,
+            message_id,
+            conversation_id,
+            duplicate,
+        }),
+    ))
 }

@@ -52,7 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/conversations", get(inbox::list_conversations))
         .route("/conversations/{id}", get(inbox::get_conversation))
         .route("/conversations/{id}/messages", get(inbox::list_messages))
-        .route("/conversations/{id}/pin", put(inbox::pin).delete(inbox::unpin))
+        .route(
+            "/conversations/{id}/pin",
+            put(inbox::pin).delete(inbox::unpin),
+        )
         .route("/conversations/{id}/read", post(inbox::mark_read))
         .route("/conversations/{id}/send/{txn_id}", put(inbox::send))
         .route("/messages/{id}", get(inbox::get_message))
@@ -68,7 +71,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { Failure::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            Failure::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "method not allowed here")
+            Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                "method not allowed here",
+            )
         })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -90,7 +97,9 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then_some(token.trim());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim());
     }
     headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -120,8 +129,16 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state
         .metrics
         .http_requests
-        .get_or_create(&RequestLabels { method, route: route.clone(), status: status.as_u16() })
+        .get_or_create(&RequestLabels {
+            method,
+            route: route.clone(),
+            status: status.as_u16(),
+        })
         .inc();
-    state.metrics.http_duration.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     response
 }

@@ -14,9 +14,15 @@ pub async fn healthz() -> impl IntoResponse {
 /// Readiness: messages can be accepted and stored. False while draining for shutdown.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "shutting_down" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
     } else if !state.store.is_writable() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "store_unavailable" })))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "store_unavailable" })),
+        )
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }
@@ -24,7 +30,10 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

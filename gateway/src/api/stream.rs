@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
@@ -43,18 +43,29 @@ impl Filter {
 
     fn apply(&mut self, frame: ClientFrame) -> ServerFrame {
         match frame {
-            ClientFrame::Subscribe { conversation_id: None } => self.tenant = true,
-            ClientFrame::Subscribe { conversation_id: Some(id) } => {
+            ClientFrame::Subscribe {
+                conversation_id: None,
+            } => self.tenant = true,
+            ClientFrame::Subscribe {
+                conversation_id: Some(id),
+            } => {
                 self.conversations.insert(id);
             }
-            ClientFrame::Unsubscribe { conversation_id: None } => self.tenant = false,
-            ClientFrame::Unsubscribe { conversation_id: Some(id) } => {
+            ClientFrame::Unsubscribe {
+                conversation_id: None,
+            } => self.tenant = false,
+            ClientFrame::Unsubscribe {
+                conversation_id: Some(id),
+            } => {
                 self.conversations.remove(&id);
             }
         }
         let mut conversations: Vec<_> = self.conversations.iter().copied().collect();
         conversations.sort();
-        ServerFrame::Subscriptions(Subscriptions { tenant: self.tenant, conversations })
+        ServerFrame::Subscriptions(Subscriptions {
+            tenant: self.tenant,
+            conversations,
+        })
     }
 }
 
@@ -65,20 +76,32 @@ pub async fn open(
 ) -> Result<Response, Failure> {
     let upgrade = upgrade.map_err(|e| Failure::invalid(format!("not a WebSocket upgrade: {e}")))?;
     let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
-        Failure::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Conflict, "too many open streams; retry later")
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Conflict,
+            "too many open streams; retry later",
+        )
     })?;
     if let Some(id) = params.conversation_id {
         state.store.conversation(id).await?;
     }
     let mut filter = Filter::default();
-    let first = filter.apply(ClientFrame::Subscribe { conversation_id: params.conversation_id });
+    let first = filter.apply(ClientFrame::Subscribe {
+        conversation_id: params.conversation_id,
+    });
     Ok(upgrade
         .protocols([STREAM_PROTOCOL])
         .max_message_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| serve(socket, state, filter, first, permit)))
 }
 
-async fn serve(socket: WebSocket, state: AppState, mut filter: Filter, first: ServerFrame, _permit: OwnedSemaphorePermit) {
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    mut filter: Filter,
+    first: ServerFrame,
+    _permit: OwnedSemaphorePermit,
+) {
     state.metrics.streams_open.inc();
     // Subscribe before confirming, so nothing committed after the confirmation is missed.
     let mut changes = state.bus.subscribe();

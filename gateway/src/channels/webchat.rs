@@ -6,7 +6,9 @@
 //! transport, so a reply is delivered as soon as it is committed and published.
 
 use jiff::Timestamp;
-use moltbot_protocol::event::{ConversationKind, ConversationRef, EventBody, MessageReceived, Participant, Source};
+use moltbot_protocol::event::{
+    ConversationKind, ConversationRef, EventBody, MessageReceived, Participant, Source,
+};
 use moltbot_protocol::inbox::WebchatMessage;
 use moltbot_protocol::{Channel, Event, ProtocolError};
 
@@ -14,7 +16,10 @@ use moltbot_protocol::{Channel, Event, ProtocolError};
 pub const CONNECTION: &str = "webchat";
 
 pub fn source() -> Source {
-    Source { channel: Channel::Webchat, connection: CONNECTION.to_string() }
+    Source {
+        channel: Channel::Webchat,
+        connection: CONNECTION.to_string(),
+    }
 }
 
 /// The canonical event for a message typed into web chat.

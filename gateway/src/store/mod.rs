@@ -16,11 +16,14 @@ use std::time::Duration;
 use jiff::Timestamp;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::{Event, EventId};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, Connection};
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::config::{StoreConfig, Synchronous};
@@ -33,7 +36,10 @@ const DB_FILE: &str = "gateway.db";
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("cannot create data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -79,9 +85,18 @@ pub struct AuditEntry {
 pub(crate) enum Write {
     Ingest(Box<Event>),
     Send(OutboundMessage),
-    SetPinned { conversation_id: ConversationId, pinned: bool },
-    MarkRead { conversation_id: ConversationId, up_to: Option<MessageId> },
-    MarkDelivered { message_id: MessageId, provider_message_id: Option<String> },
+    SetPinned {
+        conversation_id: ConversationId,
+        pinned: bool,
+    },
+    MarkRead {
+        conversation_id: ConversationId,
+        up_to: Option<MessageId>,
+    },
+    MarkDelivered {
+        message_id: MessageId,
+        provider_message_id: Option<String>,
+    },
     Audit(AuditEntry),
 }
 
@@ -89,7 +104,10 @@ pub(crate) enum Write {
 #[derive(Debug)]
 pub(crate) enum Written {
     Ingested(IngestOutcome),
-    Sent { message_id: MessageId, duplicate: bool },
+    Sent {
+        message_id: MessageId,
+        duplicate: bool,
+    },
     Done,
 }
 
@@ -106,13 +124,19 @@ pub struct Store {
     outbox_ready: Arc<Notify>,
 }
 
-/// The running writer; await [`WriterHandle::finish`] after dropping every [`Store`] clone
-/// to know that everything accepted was committed.
-pub struct WriterHandle(JoinHandle<()>);
+/// The running writer.
+pub struct WriterHandle {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
 
 impl WriterHandle {
+    /// Stops taking new writes (later callers get [`StoreError::Closed`]), commits every
+    /// write already accepted, and returns when the writer has ended. It does not wait for
+    /// [`Store`] handles to be dropped, so a stalled client cannot hold shutdown open.
     pub async fn finish(self) {
-        if let Err(e) = self.0.await {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
             tracing::error!(error = %e, "store writer task failed");
         }
     }
@@ -126,8 +150,10 @@ impl Store {
         bus: Bus,
         metrics: Arc<Metrics>,
     ) -> Result<(Store, WriterHandle), StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StoreError::DataDir { path: data_dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         let path = data_dir.join(DB_FILE);
         let base = SqliteConnectOptions::new()
             .filename(&path)
@@ -158,13 +184,24 @@ impl Store {
         let (jobs, rx) = mpsc::channel(config.max_batch * 4);
         let outbox_ready = Arc::new(Notify::new());
         let task = write::Writer::new(writer, bus, metrics, outbox_ready.clone(), config.max_batch);
-        let handle = tokio::spawn(task.run(rx));
-        Ok((Store { reads, jobs, outbox_ready }, WriterHandle(handle)))
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(task.run(rx, stop.clone()));
+        Ok((
+            Store {
+                reads,
+                jobs,
+                outbox_ready,
+            },
+            WriterHandle { task: handle, stop },
+        ))
     }
 
     async fn submit(&self, write: Write) -> Result<Written, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.send(Job { write, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.jobs
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -179,13 +216,25 @@ impl Store {
     /// Records an outbound message and its outbox row; the same txn id returns the same message.
     pub async fn send(&self, message: OutboundMessage) -> Result<(MessageId, bool), StoreError> {
         match self.submit(Write::Send(message)).await? {
-            Written::Sent { message_id, duplicate } => Ok((message_id, duplicate)),
+            Written::Sent {
+                message_id,
+                duplicate,
+            } => Ok((message_id, duplicate)),
             other => Err(unexpected(other)),
         }
     }
 
-    pub async fn set_pinned(&self, conversation_id: ConversationId, pinned: bool) -> Result<(), StoreError> {
-        self.submit(Write::SetPinned { conversation_id, pinned }).await.map(drop)
+    pub async fn set_pinned(
+        &self,
+        conversation_id: ConversationId,
+        pinned: bool,
+    ) -> Result<(), StoreError> {
+        self.submit(Write::SetPinned {
+            conversation_id,
+            pinned,
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn mark_read(
@@ -193,7 +242,12 @@ impl Store {
         conversation_id: ConversationId,
         up_to: Option<MessageId>,
     ) -> Result<(), StoreError> {
-        self.submit(Write::MarkRead { conversation_id, up_to }).await.map(drop)
+        self.submit(Write::MarkRead {
+            conversation_id,
+            up_to,
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn mark_delivered(
@@ -201,7 +255,12 @@ impl Store {
         message_id: MessageId,
         provider_message_id: Option<String>,
     ) -> Result<(), StoreError> {
-        self.submit(Write::MarkDelivered { message_id, provider_message_id }).await.map(drop)
+        self.submit(Write::MarkDelivered {
+            message_id,
+            provider_message_id,
+        })
+        .await
+        .map(drop)
     }
 
     pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
@@ -237,14 +296,20 @@ fn from_ms(ms: i64) -> Result<Timestamp, StoreError> {
 }
 
 fn parse_id<T: FromStr>(text: &str) -> Result<T, StoreError> {
-    text.parse().map_err(|_| StoreError::Corrupt(format!("bad id {text:?}")))
+    text.parse()
+        .map_err(|_| StoreError::Corrupt(format!("bad id {text:?}")))
 }
 
 /// Closes the pool and checkpoints the WAL so the database is one file again.
 pub async fn close(reads: SqlitePool, data_dir: &Path) -> Result<(), StoreError> {
     reads.close().await;
-    let mut conn = SqliteConnectOptions::new().filename(data_dir.join(DB_FILE)).connect().await?;
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&mut conn).await?;
+    let mut conn = SqliteConnectOptions::new()
+        .filename(data_dir.join(DB_FILE))
+        .connect()
+        .await?;
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut conn)
+        .await?;
     conn.close().await?;
     Ok(())
 }

@@ -4,7 +4,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use moltbot_protocol::event::Attachment;
 use moltbot_protocol::ids::{ConversationId, MessageId};
-use moltbot_protocol::inbox::{ConversationView, DeliveryStatus, Direction, MessageView, Page, SearchHit, SenderView};
+use moltbot_protocol::inbox::{
+    ConversationView, DeliveryStatus, Direction, MessageView, Page, SearchHit, SenderView,
+};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::{Store, StoreError, from_ms, parse_id};
@@ -43,9 +45,11 @@ struct MessageRow {
 impl MessageRow {
     fn into_view(self) -> Result<MessageView, StoreError> {
         let sender = match (self.sender_id, self.sender_provider_id) {
-            (Some(id), Some(provider_id)) => {
-                Some(SenderView { id: parse_id(&id)?, provider_id, display_name: self.sender_name })
-            }
+            (Some(id), Some(provider_id)) => Some(SenderView {
+                id: parse_id(&id)?,
+                provider_id,
+                display_name: self.sender_name,
+            }),
             _ => None,
         };
         let attachments: Vec<Attachment> = serde_json::from_str(&self.attachments)
@@ -96,16 +100,27 @@ struct ConversationRow {
 
 impl ConversationRow {
     fn cursor(&self) -> String {
-        encode_cursor(&format!("{}.{}.{}", u8::from(self.pinned), self.last_activity_at, self.id))
+        encode_cursor(&format!(
+            "{}.{}.{}",
+            u8::from(self.pinned),
+            self.last_activity_at,
+            self.id
+        ))
     }
 
     fn into_view(self) -> Result<ConversationView, StoreError> {
         Ok(ConversationView {
             id: parse_id(&self.id)?,
-            channel: self.channel.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?,
+            channel: self
+                .channel
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
             connection: self.connection,
             provider_id: self.provider_id,
-            kind: self.kind.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))?,
+            kind: self
+                .kind
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
             title: self.title,
             pinned: self.pinned,
             unread_count: u32::try_from(self.unread_count).unwrap_or(0),
@@ -159,13 +174,22 @@ fn paginate<R, T>(
 ) -> Result<Page<T>, StoreError> {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(&cursor_of) } else { None };
+    let next_cursor = if more {
+        rows.last().map(&cursor_of)
+    } else {
+        None
+    };
     let items = rows.into_iter().map(view).collect::<Result<_, _>>()?;
     Ok(Page { items, next_cursor })
 }
 
-pub(super) async fn message(conn: &mut SqliteConnection, id: MessageId) -> Result<MessageView, StoreError> {
-    let sql = format!("{MESSAGE_COLUMNS} FROM messages m LEFT JOIN identities i ON i.id = m.sender_id WHERE m.id = ?");
+pub(super) async fn message(
+    conn: &mut SqliteConnection,
+    id: MessageId,
+) -> Result<MessageView, StoreError> {
+    let sql = format!(
+        "{MESSAGE_COLUMNS} FROM messages m LEFT JOIN identities i ON i.id = m.sender_id WHERE m.id = ?"
+    );
     let row: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id.to_string())
         .fetch_optional(&mut *conn)
@@ -173,7 +197,10 @@ pub(super) async fn message(conn: &mut SqliteConnection, id: MessageId) -> Resul
     row.ok_or(StoreError::NotFound("message"))?.into_view()
 }
 
-pub(super) async fn conversation(conn: &mut SqliteConnection, id: ConversationId) -> Result<ConversationView, StoreError> {
+pub(super) async fn conversation(
+    conn: &mut SqliteConnection,
+    id: ConversationId,
+) -> Result<ConversationView, StoreError> {
     let sql = format!("{CONVERSATION_COLUMNS} WHERE id = ?");
     let row: Option<ConversationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id.to_string())
@@ -214,7 +241,9 @@ impl Store {
         if let Some(cursor) = cursor {
             let raw = decode_cursor(cursor)?;
             let mut parts = raw.splitn(3, '.');
-            let (Some(pinned), Some(activity), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(pinned), Some(activity), Some(id)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
                 return Err(bad_cursor());
             };
             let pinned: i64 = pinned.parse().map_err(|_| bad_cursor())?;
@@ -227,9 +256,15 @@ impl Store {
                 .push_bind(id.to_string())
                 .push(")");
         }
-        q.push(" ORDER BY pinned DESC, last_activity_at DESC, id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY pinned DESC, last_activity_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows: Vec<ConversationRow> = q.build_query_as().fetch_all(&self.reads).await?;
-        paginate(rows, limit, ConversationRow::cursor, ConversationRow::into_view)
+        paginate(
+            rows,
+            limit,
+            ConversationRow::cursor,
+            ConversationRow::into_view,
+        )
     }
 
     /// Newest first.
@@ -249,7 +284,8 @@ impl Store {
             let before: MessageId = decode_cursor(cursor)?.parse().map_err(|_| bad_cursor())?;
             q.push(" AND m.id < ").push_bind(before.to_string());
         }
-        q.push(" ORDER BY m.id DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY m.id DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         let rows: Vec<MessageRow> = q.build_query_as().fetch_all(&mut *conn).await?;
         paginate(rows, limit, |r| encode_cursor(&r.id), MessageRow::into_view)
     }
@@ -272,13 +308,15 @@ impl Store {
             .push(" WHERE messages_fts MATCH ")
             .push_bind(fts_query);
         if let Some(id) = conversation_id {
-            q.push(" AND m.conversation_id = ").push_bind(id.to_string());
+            q.push(" AND m.conversation_id = ")
+                .push_bind(id.to_string());
         }
         if let Some(cursor) = cursor {
             let before: i64 = decode_cursor(cursor)?.parse().map_err(|_| bad_cursor())?;
             q.push(" AND m.seq < ").push_bind(before);
         }
-        q.push(" ORDER BY m.seq DESC LIMIT ").push_bind(i64::from(limit) + 1);
+        q.push(" ORDER BY m.seq DESC LIMIT ")
+            .push_bind(i64::from(limit) + 1);
         #[derive(FromRow)]
         struct Hit {
             #[sqlx(flatten)]
@@ -290,7 +328,12 @@ impl Store {
             rows,
             limit,
             |h| encode_cursor(&h.message.seq.to_string()),
-            |h| Ok(SearchHit { message: h.message.into_view()?, snippet: h.snippet }),
+            |h| {
+                Ok(SearchHit {
+                    message: h.message.into_view()?,
+                    snippet: h.snippet,
+                })
+            },
         )
     }
 
@@ -319,7 +362,9 @@ impl Store {
 
     /// Counts rows of a table; for health checks and tests.
     pub async fn count_messages(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM messages").fetch_one(&self.reads).await?)
+        Ok(sqlx::query_scalar("SELECT count(*) FROM messages")
+            .fetch_one(&self.reads)
+            .await?)
     }
 }
 
@@ -341,7 +386,13 @@ mod tests {
     #[test]
     fn fts_query_quotes_every_word_and_prefixes_the_last() {
         assert_eq!(fts_query("  "), None);
-        assert_eq!(fts_query("hello wor").as_deref(), Some("\"hello\" \"wor\"*"));
-        assert_eq!(fts_query("a\"b NEAR(").as_deref(), Some("\"a\"\"b\" \"NEAR(\"*"));
+        assert_eq!(
+            fts_query("hello wor").as_deref(),
+            Some("\"hello\" \"wor\"*")
+        );
+        assert_eq!(
+            fts_query("a\"b NEAR(").as_deref(),
+            Some("\"a\"\"b\" \"NEAR(\"*")
+        );
     }
 }

@@ -11,10 +11,13 @@ use moltbot_protocol::inbox::ServerFrame;
 use moltbot_protocol::{Event, EventId};
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 use ulid::Generator;
 
 use super::read;
-use super::{AuditEntry, IngestOutcome, Job, OutboundMessage, StoreError, Write, Written, ms, parse_id};
+use super::{
+    AuditEntry, IngestOutcome, Job, OutboundMessage, StoreError, Write, Written, ms, parse_id,
+};
 use crate::bus::Bus;
 use crate::metrics::Metrics;
 
@@ -43,14 +46,35 @@ impl Writer {
         outbox_ready: Arc<Notify>,
         max_batch: usize,
     ) -> Self {
-        Self { conn, bus, metrics, outbox_ready, max_batch, ids: Generator::new() }
+        Self {
+            conn,
+            bus,
+            metrics,
+            outbox_ready,
+            max_batch,
+            ids: Generator::new(),
+        }
     }
 
-    /// Runs until every sender is gone and the queue is empty.
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+    /// Runs until the queue is closed (every sender gone, or `stop`) and drained.
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
-            self.commit_group(&mut batch).await;
+        let mut closed = false;
+        loop {
+            tokio::select! {
+                // recv_many is cancel-safe: a lost race loses no job.
+                received = rx.recv_many(&mut batch, self.max_batch) => {
+                    if received == 0 {
+                        break;
+                    }
+                    self.commit_group(&mut batch).await;
+                }
+                _ = stop.cancelled(), if !closed => {
+                    // Refuse new writes; what is already queued is still committed.
+                    rx.close();
+                    closed = true;
+                }
+            }
         }
         if let Err(e) = self.conn.close().await {
             tracing::warn!(error = %e, "closing the writer connection failed");
@@ -117,9 +141,11 @@ impl Writer {
                 tracing::error!(error = %e, writes = size, "store commit failed; nothing in the group was stored");
                 self.metrics.store_commit_failed();
                 for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                        "commit failed: {e}"
-                    )))));
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                            "commit failed: {e}"
+                        )))));
                 }
             }
         }
@@ -132,12 +158,12 @@ impl Writer {
         }
         for change in changes {
             let frame = match change {
-                Change::MessageCreated(id) => read::message(&mut self.conn, id).await.map(|m| {
-                    (m.conversation_id, ServerFrame::MessageCreated(m))
-                }),
-                Change::MessageUpdated(id) => read::message(&mut self.conn, id).await.map(|m| {
-                    (m.conversation_id, ServerFrame::MessageUpdated(m))
-                }),
+                Change::MessageCreated(id) => read::message(&mut self.conn, id)
+                    .await
+                    .map(|m| (m.conversation_id, ServerFrame::MessageCreated(m))),
+                Change::MessageUpdated(id) => read::message(&mut self.conn, id)
+                    .await
+                    .map(|m| (m.conversation_id, ServerFrame::MessageUpdated(m))),
                 Change::ConversationUpdated(id) => read::conversation(&mut self.conn, id)
                     .await
                     .map(|c| (c.id, ServerFrame::ConversationUpdated(c))),
@@ -163,27 +189,39 @@ async fn apply(
 ) -> Result<Written, StoreError> {
     let now = ms(Timestamp::now());
     match write {
-        Write::Ingest(event) => ingest(conn, ids, event, now, changes).await.map(Written::Ingested),
+        Write::Ingest(event) => ingest(conn, ids, event, now, changes)
+            .await
+            .map(Written::Ingested),
         Write::Send(message) => send(conn, ids, message, now, changes).await,
-        Write::SetPinned { conversation_id, pinned } => {
-            let done = sqlx::query("UPDATE conversations SET pinned = ?, updated_at = ? WHERE id = ?")
-                .bind(*pinned)
-                .bind(now)
-                .bind(conversation_id.to_string())
-                .execute(&mut *conn)
-                .await?;
+        Write::SetPinned {
+            conversation_id,
+            pinned,
+        } => {
+            let done =
+                sqlx::query("UPDATE conversations SET pinned = ?, updated_at = ? WHERE id = ?")
+                    .bind(*pinned)
+                    .bind(now)
+                    .bind(conversation_id.to_string())
+                    .execute(&mut *conn)
+                    .await?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::NotFound("conversation"));
             }
             changes.push(Change::ConversationUpdated(*conversation_id));
             Ok(Written::Done)
         }
-        Write::MarkRead { conversation_id, up_to } => {
+        Write::MarkRead {
+            conversation_id,
+            up_to,
+        } => {
             mark_read(conn, *conversation_id, *up_to, now).await?;
             changes.push(Change::ConversationUpdated(*conversation_id));
             Ok(Written::Done)
         }
-        Write::MarkDelivered { message_id, provider_message_id } => {
+        Write::MarkDelivered {
+            message_id,
+            provider_message_id,
+        } => {
             let id = message_id.to_string();
             sqlx::query(
                 "UPDATE outbox SET state = 'sent', provider_message_id = ?, updated_at = ?, attempts = attempts + 1 WHERE message_id = ?",
@@ -211,16 +249,23 @@ async fn apply(
     }
 }
 
-async fn audit(conn: &mut SqliteConnection, ids: &mut Generator, entry: &AuditEntry, now: i64) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(new_id(ids).to_string())
-        .bind(now)
-        .bind(&entry.actor)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(entry.detail.as_ref().map(|d| d.to_string()))
-        .execute(&mut *conn)
-        .await?;
+async fn audit(
+    conn: &mut SqliteConnection,
+    ids: &mut Generator,
+    entry: &AuditEntry,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(new_id(ids).to_string())
+    .bind(now)
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(entry.detail.as_ref().map(|d| d.to_string()))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -233,11 +278,12 @@ async fn ingest(
 ) -> Result<IngestOutcome, StoreError> {
     let key = event.dedupe_key();
     if let EventBody::MessageReceived(message) = &event.body {
-        let existing: Option<(String, String, String)> =
-            sqlx::query_as("SELECT id, conversation_id, event_id FROM messages WHERE dedupe_key = ?")
-                .bind(key.as_str())
-                .fetch_optional(&mut *conn)
-                .await?;
+        let existing: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT id, conversation_id, event_id FROM messages WHERE dedupe_key = ?",
+        )
+        .bind(key.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
         if let Some((message_id, conversation_id, event_id)) = existing {
             return Ok(IngestOutcome {
                 event_id: parse_id(&event_id)?,
@@ -246,8 +292,17 @@ async fn ingest(
                 duplicate: true,
             });
         }
-        let (message_id, conversation_id) =
-            insert_received(conn, ids, event.id, &event.source, message, key.as_str(), now, changes).await?;
+        let (message_id, conversation_id) = insert_received(
+            conn,
+            ids,
+            event.id,
+            &event.source,
+            message,
+            key.as_str(),
+            now,
+            changes,
+        )
+        .await?;
         return Ok(IngestOutcome {
             event_id: event.id,
             message_id: Some(message_id),
@@ -275,10 +330,20 @@ async fn ingest(
             .bind(key.as_str())
             .fetch_one(&mut *conn)
             .await?;
-        return Ok(IngestOutcome { event_id: parse_id(&event_id)?, message_id: None, conversation_id: None, duplicate: true });
+        return Ok(IngestOutcome {
+            event_id: parse_id(&event_id)?,
+            message_id: None,
+            conversation_id: None,
+            duplicate: true,
+        });
     }
     let (message_id, conversation_id) = apply_effect(conn, ids, event, now, changes).await?;
-    Ok(IngestOutcome { event_id: event.id, message_id, conversation_id, duplicate: false })
+    Ok(IngestOutcome {
+        event_id: event.id,
+        message_id,
+        conversation_id,
+        duplicate: false,
+    })
 }
 
 /// What a non-message event does to the inbox. Edits and deletions of messages the store
@@ -332,7 +397,8 @@ async fn apply_effect(
             }
             Ok(touched)
         }
-        EventBody::ConversationCreated(conversation) | EventBody::ConversationUpdated(conversation) => {
+        EventBody::ConversationCreated(conversation)
+        | EventBody::ConversationUpdated(conversation) => {
             let id = upsert_conversation(conn, ids, &event.source, conversation, now).await?;
             changes.push(Change::ConversationUpdated(id));
             Ok((None, Some(id)))
@@ -366,7 +432,8 @@ async fn insert_received(
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<(MessageId, ConversationId), StoreError> {
-    let conversation_id = upsert_conversation(conn, ids, source, &message.conversation, now).await?;
+    let conversation_id =
+        upsert_conversation(conn, ids, source, &message.conversation, now).await?;
     let sender_id = upsert_identity(conn, ids, source, &message.sender, now).await?;
     let message_id = MessageId(new_id(ids));
     let id_text = message_id.to_string();
@@ -415,22 +482,25 @@ async fn upsert_conversation(
     conversation: &ConversationRef,
     now: i64,
 ) -> Result<ConversationId, StoreError> {
-    let found: Option<(String, Option<String>)> =
-        sqlx::query_as("SELECT id, title FROM conversations WHERE connection = ? AND provider_id = ?")
-            .bind(&source.connection)
-            .bind(&conversation.provider_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let found: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT id, title FROM conversations WHERE connection = ? AND provider_id = ?",
+    )
+    .bind(&source.connection)
+    .bind(&conversation.provider_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     match found {
         Some((id, title)) => {
             if conversation.title.is_some() && conversation.title != title {
-                sqlx::query("UPDATE conversations SET title = ?, kind = ?, updated_at = ? WHERE id = ?")
-                    .bind(&conversation.title)
-                    .bind(conversation.kind.as_str())
-                    .bind(now)
-                    .bind(&id)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query(
+                    "UPDATE conversations SET title = ?, kind = ?, updated_at = ? WHERE id = ?",
+                )
+                .bind(&conversation.title)
+                .bind(conversation.kind.as_str())
+                .bind(now)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await?;
             }
             parse_id(&id)
         }
@@ -519,17 +589,22 @@ async fn send(
     changes: &mut Vec<Change>,
 ) -> Result<Written, StoreError> {
     let key = send_dedupe_key(message);
-    let existing: Option<String> = sqlx::query_scalar("SELECT id FROM messages WHERE dedupe_key = ?")
-        .bind(&key)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT id FROM messages WHERE dedupe_key = ?")
+            .bind(&key)
+            .fetch_optional(&mut *conn)
+            .await?;
     if let Some(id) = existing {
-        return Ok(Written::Sent { message_id: parse_id(&id)?, duplicate: true });
+        return Ok(Written::Sent {
+            message_id: parse_id(&id)?,
+            duplicate: true,
+        });
     }
-    let connection: Option<String> = sqlx::query_scalar("SELECT connection FROM conversations WHERE id = ?")
-        .bind(message.conversation_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let connection: Option<String> =
+        sqlx::query_scalar("SELECT connection FROM conversations WHERE id = ?")
+            .bind(message.conversation_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
     let connection = connection.ok_or(StoreError::NotFound("conversation"))?;
     let message_id = MessageId(new_id(ids));
     let id_text = message_id.to_string();
@@ -572,7 +647,10 @@ async fn send(
     .await?;
     changes.push(Change::MessageCreated(message_id));
     changes.push(Change::ConversationUpdated(message.conversation_id));
-    Ok(Written::Sent { message_id, duplicate: false })
+    Ok(Written::Sent {
+        message_id,
+        duplicate: false,
+    })
 }
 
 async fn mark_read(
@@ -584,20 +662,25 @@ async fn mark_read(
     let cid = conversation_id.to_string();
     let marker: Option<String> = match up_to {
         Some(id) => {
-            let belongs: Option<i64> = sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?")
-                .bind(id.to_string())
-                .bind(&cid)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let belongs: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?")
+                    .bind(id.to_string())
+                    .bind(&cid)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             if belongs.is_none() {
-                return Err(StoreError::Invalid(format!("message {id} is not in conversation {conversation_id}")));
+                return Err(StoreError::Invalid(format!(
+                    "message {id} is not in conversation {conversation_id}"
+                )));
             }
             Some(id.to_string())
         }
-        None => sqlx::query_scalar("SELECT max(id) FROM messages WHERE conversation_id = ?")
-            .bind(&cid)
-            .fetch_one(&mut *conn)
-            .await?,
+        None => {
+            sqlx::query_scalar("SELECT max(id) FROM messages WHERE conversation_id = ?")
+                .bind(&cid)
+                .fetch_one(&mut *conn)
+                .await?
+        }
     };
     // Never move the marker backwards: an older client's late "read" must not resurrect unread.
     let done = sqlx::query(
@@ -614,7 +697,10 @@ async fn mark_read(
     recount_unread(conn, conversation_id).await
 }
 
-async fn recount_unread(conn: &mut SqliteConnection, conversation_id: ConversationId) -> Result<(), StoreError> {
+async fn recount_unread(
+    conn: &mut SqliteConnection,
+    conversation_id: ConversationId,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE conversations SET unread_count = (
             SELECT count(*) FROM messages m

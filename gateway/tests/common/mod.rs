@@ -1,6 +1,8 @@
 //! Runs the real `moltbot-gateway` binary for process-level tests and the bench.
 #![allow(dead_code)] // each test binary uses its own part of this kit
 
+pub mod load;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,7 +17,10 @@ pub fn binary() -> PathBuf {
 
 /// A port nobody listens on right now.
 pub fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 /// Writes a config for a gateway with its data in `dir`; `extra` is appended YAML.
@@ -54,15 +59,27 @@ impl Gateway {
             .stdin(Stdio::null())
             .spawn()
             .expect("start moltbot-gateway");
-        let mut gateway = Gateway { child, addr, config: config.to_path_buf(), log };
+        let mut gateway = Gateway {
+            child,
+            addr,
+            config: config.to_path_buf(),
+            log,
+        };
         loop {
             if http_status(addr, "GET", "/readyz") == Some(200) {
                 return (gateway, started.elapsed());
             }
             if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!("gateway exited with {status} before ready:\n{}", gateway.log_text());
+                panic!(
+                    "gateway exited with {status} before ready:\n{}",
+                    gateway.log_text()
+                );
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "gateway not ready after 20 s:\n{}", gateway.log_text());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "gateway not ready after 20 s:\n{}",
+                gateway.log_text()
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
     }
@@ -87,7 +104,11 @@ impl Gateway {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(started.elapsed() < timeout, "gateway still running after {timeout:?}:\n{}", self.log_text());
+            assert!(
+                started.elapsed() < timeout,
+                "gateway still running after {timeout:?}:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -114,7 +135,11 @@ impl Drop for Gateway {
 pub fn http_status(addr: SocketAddr, method: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
