@@ -11,7 +11,6 @@ use tokio::sync::broadcast;
 #[derive(Debug)]
 pub struct Published {
     pub conversation_id: ConversationId,
-    pub frame: ServerFrame,
     pub json: String,
 }
 
@@ -41,7 +40,6 @@ impl Bus {
         // No receiver is not an error: nobody is listening right now.
         let _ = self.tx.send(Arc::new(Published {
             conversation_id,
-            frame,
             json,
         }));
     }

@@ -704,9 +704,16 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     // A body over the limit without a Content-Length (chunked) is refused while reading.
     let chunks =
         futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
-    let response = api
-        .post_raw("/v1/events", reqwest::Body::wrap_stream(chunks))
-        .await;
+    // On its own client: the server answers before reading the rest and closes that
+    // connection, which a shared pool could otherwise hand to the next request.
+    let response = Client::new()
+        .post(api.url("/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     expect_error(
         response,
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -359,13 +359,6 @@ impl Store {
             })
             .collect()
     }
-
-    /// Counts rows of a table; for health checks and tests.
-    pub async fn count_messages(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM messages")
-            .fetch_one(&self.reads)
-            .await?)
-    }
 }
 
 /// Turns free text into an FTS5 query of quoted terms, so `"`, `*`, `NEAR` and friends

@@ -115,7 +115,7 @@ impl Writer {
             if ingested > 0 {
                 // One usage row per group keeps metering off the per-message path.
                 sqlx::query("INSERT INTO usage_events (id, kind, quantity, at) VALUES (?, 'message_ingested', ?, ?)")
-                    .bind(self.ids.generate().map(|u| u.to_string()).unwrap_or_else(|_| ulid::Ulid::new().to_string()))
+                    .bind(new_id(&mut self.ids).to_string())
                     .bind(ingested as i64)
                     .bind(ms(Timestamp::now()))
                     .execute(&mut *tx)
