@@ -47,6 +47,7 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     pub group_size: Histogram,
     pub commit_failures: Counter,
+    pub group_reruns: Counter,
     pub streams_open: Gauge,
     pub stream_frames_dropped: Counter,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -111,6 +112,12 @@ impl Metrics {
             "Groups of writes whose commit failed",
             commit_failures.clone(),
         );
+        let group_reruns = Counter::default();
+        registry.register(
+            "store_group_reruns",
+            "Groups run again with a savepoint per write because one write failed",
+            group_reruns.clone(),
+        );
         let streams_open = Gauge::default();
         registry.register(
             "streams_open",
@@ -139,6 +146,7 @@ impl Metrics {
             commit_duration,
             group_size,
             commit_failures,
+            group_reruns,
             streams_open,
             stream_frames_dropped,
             config_reloads,
@@ -148,6 +156,10 @@ impl Metrics {
     pub fn store_commit(&self, writes: usize, took: Duration) {
         self.group_size.observe(writes as f64);
         self.commit_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn store_group_rerun(&self) {
+        self.group_reruns.inc();
     }
 
     pub fn store_commit_failed(&self) {

@@ -261,6 +261,39 @@ async fn canonical_events_are_ingested_once_and_applied() {
     .await;
 }
 
+/// Writes that reach the store together are committed together; one that fails must fail
+/// alone, and the search index must still hold every message committed beside it.
+#[tokio::test]
+async fn a_failing_write_fails_alone_among_concurrent_ones() {
+    let api = Api::start();
+    let api = &api;
+    let missing = "01JD0000000000000000000009";
+    let (good, bad) = futures_util::future::join(
+        futures_util::future::join_all((0..40).map(|i| async move {
+            api.webchat(&format!("s{i}"), &format!("c{i}"), &format!("zebra {i}"))
+                .await
+        })),
+        futures_util::future::join_all(
+            (0..40).map(|i| async move { api.send(missing, &format!("t{i}"), "to nowhere").await }),
+        ),
+    )
+    .await;
+    for (status, ingested) in &good {
+        assert_eq!(*status, StatusCode::CREATED);
+        assert!(!ingested.duplicate);
+    }
+    for response in bad {
+        expect_error(response, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    }
+    let hits: Page<SearchHit> = api.get_json("/v1/search?q=zebra&limit=100").await;
+    assert_eq!(hits.items.len(), 40, "every stored message is searchable");
+    let conversations: Page<ConversationView> = api.get_json("/v1/conversations?limit=100").await;
+    assert_eq!(conversations.items.len(), 40);
+    assert!(conversations.items.iter().all(|c| c.unread_count == 1));
+    // Every group with a failing write is run again with a savepoint per write.
+    assert!(api.metric("gateway_store_group_reruns").await >= 1.0);
+}
+
 #[tokio::test]
 async fn send_is_idempotent_on_the_txn_id_and_delivers_web_chat() {
     let api = Api::start();

@@ -155,6 +155,28 @@ pub enum AttachmentKind {
     File,
 }
 
+impl AttachmentKind {
+    pub const ALL: &'static [AttachmentKind] = &[
+        AttachmentKind::Image,
+        AttachmentKind::Video,
+        AttachmentKind::Audio,
+        AttachmentKind::Voice,
+        AttachmentKind::Sticker,
+        AttachmentKind::File,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentKind::Image => "image",
+            AttachmentKind::Video => "video",
+            AttachmentKind::Audio => "audio",
+            AttachmentKind::Voice => "voice",
+            AttachmentKind::Sticker => "sticker",
+            AttachmentKind::File => "file",
+        }
+    }
+}
+
 /// Attachment metadata; the bytes arrive later as `media.available`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {

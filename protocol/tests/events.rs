@@ -159,6 +159,17 @@ fn wire_form_is_the_documented_shape() {
     assert_eq!(m.text.as_deref(), Some("hi"));
 }
 
+/// The store keeps these names as text; they must be the wire names.
+#[test]
+fn enum_names_match_their_wire_form() {
+    for kind in AttachmentKind::ALL {
+        assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+    }
+    for channel in Channel::ALL {
+        assert_eq!(serde_json::to_value(channel).unwrap(), channel.as_str());
+    }
+}
+
 #[test]
 fn unknown_type_is_its_own_error() {
     let json = received(Some("1"), "x", "2026-11-21T10:00:00Z")

@@ -1,10 +1,11 @@
 //! The tenant's store: one SQLite database in WAL mode.
 //!
-//! All writes go through one writer task that commits them in groups (one transaction and
-//! one fsync for everything queued), answers each caller only after its group committed,
-//! and only then publishes the changes on the bus. Reads use a separate pool of read-only
-//! connections, which WAL lets run beside the writer.
+//! All writes go through one writer thread that commits them in groups (see [`write`]);
+//! after a commit the [`publish`] task puts the changes on the bus. Reads use a separate
+//! pool of read-only connections, which WAL lets run beside the writer.
 
+mod checkpoint;
+mod publish;
 mod read;
 mod write;
 
@@ -14,20 +15,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use moltbot_protocol::event::EventBody;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::{Event, EventId};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use thiserror::Error;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use ulid::Generator;
 
 use crate::bus::Bus;
 use crate::config::{StoreConfig, Synchronous};
 use crate::metrics::Metrics;
+use write::Command;
 
 pub use read::{ConversationFilter, OutboxItem};
 
@@ -42,6 +43,10 @@ pub enum StoreError {
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error in the writer: {0}")]
+    Writer(#[from] rusqlite::Error),
+    #[error("commit failed, nothing in its group was stored: {0}")]
+    CommitFailed(String),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0} not found")]
@@ -100,6 +105,18 @@ pub(crate) enum Write {
     Audit(AuditEntry),
 }
 
+impl Write {
+    /// True for writes that only add new messages (never change stored ones), which the
+    /// writer may index for search together after them.
+    fn only_adds_messages(&self) -> bool {
+        match self {
+            Write::Ingest(event) => matches!(event.body, EventBody::MessageReceived(_)),
+            Write::Send(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What the writer answers for one [`Write`].
 #[derive(Debug)]
 pub(crate) enum Written {
@@ -119,25 +136,36 @@ struct Job {
 #[derive(Clone)]
 pub struct Store {
     reads: SqlitePool,
-    jobs: mpsc::Sender<Job>,
+    commands: mpsc::Sender<Command>,
     /// Woken after a commit that queued outbound messages.
     outbox_ready: Arc<Notify>,
 }
 
-/// The running writer.
+/// The running writer, publisher and checkpointer.
 pub struct WriterHandle {
-    task: JoinHandle<()>,
-    stop: CancellationToken,
+    writer: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
+    commands: mpsc::Sender<Command>,
 }
 
 impl WriterHandle {
-    /// Stops taking new writes (later callers get [`StoreError::Closed`]), commits every
-    /// write already accepted, and returns when the writer has ended. It does not wait for
-    /// [`Store`] handles to be dropped, so a stalled client cannot hold shutdown open.
+    /// Stops taking new writes (later callers get [`StoreError::Closed`]), commits and
+    /// publishes every write already accepted, and returns when the writer has ended. It
+    /// does not wait for [`Store`] handles to be dropped, so a stalled client cannot hold
+    /// shutdown open.
     pub async fn finish(self) {
-        self.stop.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "store writer task failed");
+        // An error means the writer already ended.
+        let _ = self.commands.send(Command::Stop).await;
+        let tasks = [
+            ("writer", self.writer),
+            ("publisher", self.publisher),
+            ("checkpointer", self.checkpointer),
+        ];
+        for (name, task) in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "store {name} failed");
+            }
         }
     }
 }
@@ -162,44 +190,54 @@ impl Store {
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
             .log_statements(tracing::log::LevelFilter::Trace);
-        let synchronous = match config.synchronous {
-            Synchronous::Full => SqliteSynchronous::Full,
-            Synchronous::Normal => SqliteSynchronous::Normal,
-        };
-        let mut writer = base
-            .clone()
-            .create_if_missing(true)
-            .synchronous(synchronous)
-            // Checkpoints run in the writer between groups; keep the WAL small on disk.
-            .pragma("wal_autocheckpoint", "4000")
-            .connect()
-            .await?;
-        sqlx::migrate!("./migrations").run(&mut writer).await?;
+        // This connection migrates, then checkpoints beside the writer.
+        let mut checkpoints = base.clone().create_if_missing(true).connect().await?;
+        sqlx::migrate!("./migrations").run(&mut checkpoints).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(config.read_connections)
             .min_connections(1)
             .connect_with(base.read_only(true))
             .await?;
+        let conn = open_writer(&path, config.synchronous)?;
 
-        let (jobs, rx) = mpsc::channel(config.max_batch * 4);
+        let (commands, queue) = mpsc::channel(config.max_batch * 4);
+        // A few groups of slack; beyond that the writer waits for the publisher.
+        let (published, committed) = mpsc::channel(64);
+        let (wal_grew, committed_pages) = mpsc::channel(1);
         let outbox_ready = Arc::new(Notify::new());
-        let task = write::Writer::new(writer, bus, metrics, outbox_ready.clone(), config.max_batch);
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(task.run(rx, stop.clone()));
+        let writer = write::Writer {
+            bus: bus.clone(),
+            published,
+            wal_grew,
+            metrics,
+            outbox_ready: outbox_ready.clone(),
+            max_batch: config.max_batch,
+            ids: Generator::new(),
+            indexed_up_to: write::last_message_seq(&conn)?,
+            conn,
+        };
+        let writer = tokio::task::spawn_blocking(move || writer.run(queue));
+        let publisher = tokio::spawn(publish::run(reads.clone(), bus, committed));
+        let checkpointer = tokio::spawn(checkpoint::run(checkpoints, committed_pages));
         Ok((
             Store {
                 reads,
-                jobs,
+                commands: commands.clone(),
                 outbox_ready,
             },
-            WriterHandle { task: handle, stop },
+            WriterHandle {
+                writer,
+                publisher,
+                checkpointer,
+                commands,
+            },
         ))
     }
 
     async fn submit(&self, write: Write) -> Result<Written, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { write, reply })
+        self.commands
+            .send(Command::Write(Job { write, reply }))
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
@@ -275,12 +313,35 @@ impl Store {
 
     /// True while the writer accepts work.
     pub fn is_writable(&self) -> bool {
-        !self.jobs.is_closed()
+        !self.commands.is_closed()
     }
 
     pub fn reads(&self) -> &SqlitePool {
         &self.reads
     }
+}
+
+/// The writer's connection; the database exists and is migrated by now.
+fn open_writer(path: &Path, synchronous: Synchronous) -> Result<rusqlite::Connection, StoreError> {
+    let conn = rusqlite::Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "temp_store", "memory")?;
+    // The writer checkpoints what the checkpointer left over, which lets the WAL restart
+    // from its beginning instead of growing under steady load.
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // Pages are read through a mapping rather than a system call each: the writer's index
+    // lookups land all over a large database.
+    conn.pragma_update(None, "mmap_size", 256 << 20)?;
+    // Every statement the writer runs stays prepared.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 fn unexpected(written: Written) -> StoreError {

@@ -1,210 +1,267 @@
-//! The writer task: group commit, per-write savepoints, publish after commit.
+//! The writer: one thread owns the only write connection and commits writes in groups (one
+//! transaction and one fsync for everything queued), with a savepoint per write so one bad
+//! write fails alone. Each caller is answered only after its group committed, and only then
+//! are the changes handed to the publisher.
+//!
+//! The connection is a plain synchronous one on its own thread: a write is several small
+//! statements, and an async driver would hand each of them to a worker thread and wait for
+//! the answer, which on a small machine cost more than the statements themselves.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use jiff::Timestamp;
 use moltbot_protocol::event::{ConversationRef, EventBody, MessageReceived, Participant, Source};
 use moltbot_protocol::ids::{ConversationId, IdentityId, MessageId};
-use moltbot_protocol::inbox::ServerFrame;
 use moltbot_protocol::{Event, EventId};
-use sqlx::{Connection, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
 use ulid::Generator;
 
-use super::read;
+use super::publish::{Change, Changes};
 use super::{
     AuditEntry, IngestOutcome, Job, OutboundMessage, StoreError, Write, Written, ms, parse_id,
 };
 use crate::bus::Bus;
 use crate::metrics::Metrics;
 
-/// What a committed write changed, for the bus.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Change {
-    MessageCreated(MessageId),
-    MessageUpdated(MessageId),
-    ConversationUpdated(ConversationId),
+/// What the writer's queue carries.
+pub(super) enum Command {
+    Write(Job),
+    /// Refuse later writes, commit what is queued, and end.
+    Stop,
 }
 
 pub(super) struct Writer {
-    conn: SqliteConnection,
-    bus: Bus,
-    metrics: Arc<Metrics>,
-    outbox_ready: Arc<Notify>,
-    max_batch: usize,
-    ids: Generator,
+    pub(super) conn: Connection,
+    pub(super) bus: Bus,
+    pub(super) published: mpsc::Sender<Changes>,
+    /// Wakes the checkpointer; a full queue means it is awake already.
+    pub(super) wal_grew: mpsc::Sender<()>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) outbox_ready: Arc<Notify>,
+    pub(super) max_batch: usize,
+    pub(super) ids: Generator,
+    /// Every message with `seq` up to this is in the full-text index.
+    pub(super) indexed_up_to: i64,
 }
 
 impl Writer {
-    pub(super) fn new(
-        conn: SqliteConnection,
-        bus: Bus,
-        metrics: Arc<Metrics>,
-        outbox_ready: Arc<Notify>,
-        max_batch: usize,
-    ) -> Self {
-        Self {
-            conn,
-            bus,
-            metrics,
-            outbox_ready,
-            max_batch,
-            ids: Generator::new(),
-        }
-    }
-
-    /// Runs until the queue is closed (every sender gone, or `stop`) and drained.
-    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
+    /// Runs on a blocking thread until the queue is closed (every sender gone, or
+    /// [`Command::Stop`]) and drained.
+    pub(super) fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        let mut closed = false;
-        loop {
-            tokio::select! {
-                // recv_many is cancel-safe: a lost race loses no job.
-                received = rx.recv_many(&mut batch, self.max_batch) => {
-                    if received == 0 {
-                        break;
-                    }
-                    self.commit_group(&mut batch).await;
+        while let Some(first) = queue.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Write(job) => batch.push(job),
+                    // What is already queued is still committed: the queue drains, then ends.
+                    Command::Stop => queue.close(),
                 }
-                _ = stop.cancelled(), if !closed => {
-                    // Refuse new writes; what is already queued is still committed.
-                    rx.close();
-                    closed = true;
+                if batch.len() < self.max_batch {
+                    next = queue.try_recv().ok();
                 }
             }
-        }
-        if let Err(e) = self.conn.close().await {
-            tracing::warn!(error = %e, "closing the writer connection failed");
+            if !batch.is_empty() {
+                self.commit_group(&mut batch);
+            }
         }
         tracing::debug!("store writer finished");
     }
 
-    async fn commit_group(&mut self, batch: &mut Vec<Job>) {
+    fn commit_group(&mut self, batch: &mut Vec<Job>) {
         let started = Instant::now();
         let size = batch.len();
-        let mut results = Vec::with_capacity(size);
-        let mut changes = BTreeSet::new();
-        let mut queued_outbound = false;
-        let committed = async {
-            let mut tx = self.conn.begin().await?;
-            let mut ingested = 0u64;
-            for job in batch.iter() {
-                let mut sp = tx.begin().await?;
-                let mut job_changes = Vec::new();
-                match apply(&mut sp, &mut self.ids, &job.write, &mut job_changes).await {
-                    Ok(written) => {
-                        sp.commit().await?;
-                        if matches!(written, Written::Ingested(IngestOutcome { duplicate: false, message_id: Some(_), .. })) {
-                            ingested += 1;
-                        }
-                        if matches!(written, Written::Sent { duplicate: false, .. }) {
-                            queued_outbound = true;
-                        }
-                        changes.extend(job_changes);
-                        results.push(Ok(written));
-                    }
-                    Err(e) => {
-                        sp.rollback().await?;
-                        results.push(Err(e));
-                    }
-                }
+        // A savepoint per write would make the full-text index write a segment per write, so
+        // a group first runs without them; only if a write fails is it run again with one
+        // savepoint per write, so that the failed write is all that is lost.
+        let committed = match self.run_group(batch, Isolation::Group) {
+            Err(GroupFailed::WriteFailed) => {
+                self.metrics.store_group_rerun();
+                self.run_group(batch, Isolation::PerWrite)
             }
-            if ingested > 0 {
-                // One usage row per group keeps metering off the per-message path.
-                sqlx::query("INSERT INTO usage_events (id, kind, quantity, at) VALUES (?, 'message_ingested', ?, ?)")
-                    .bind(new_id(&mut self.ids).to_string())
-                    .bind(ingested as i64)
-                    .bind(ms(Timestamp::now()))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(())
-        }
-        .await;
-
+            other => other,
+        };
         self.metrics.store_commit(size, started.elapsed());
         match committed {
-            Ok(()) => {
-                for (job, result) in batch.drain(..).zip(results) {
+            Ok(group) => {
+                let _ = self.wal_grew.try_send(());
+                for (job, result) in batch.drain(..).zip(group.results) {
                     let _ = job.reply.send(result);
                 }
-                if queued_outbound {
+                if group.queued_outbound {
                     self.outbox_ready.notify_one();
                 }
-                self.publish(changes).await;
+                // Views are built only for someone who listens; a slow publisher holds the
+                // writer back rather than dropping frames a stream has been promised.
+                if !group.changes.is_empty() && self.bus.has_subscribers() {
+                    let _ = self.published.blocking_send(group.changes);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, writes = size, "store commit failed; nothing in the group was stored");
                 self.metrics.store_commit_failed();
                 for job in batch.drain(..) {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Database(sqlx::Error::Protocol(format!(
-                            "commit failed: {e}"
-                        )))));
+                    let _ = job.reply.send(Err(StoreError::CommitFailed(e.to_string())));
                 }
             }
         }
     }
 
-    /// Builds the views of what changed, once, and hands them to every subscriber.
-    async fn publish(&mut self, changes: BTreeSet<Change>) {
-        if changes.is_empty() || !self.bus.has_subscribers() {
-            return;
-        }
-        for change in changes {
-            let frame = match change {
-                Change::MessageCreated(id) => read::message(&mut self.conn, id)
-                    .await
-                    .map(|m| (m.conversation_id, ServerFrame::MessageCreated(m))),
-                Change::MessageUpdated(id) => read::message(&mut self.conn, id)
-                    .await
-                    .map(|m| (m.conversation_id, ServerFrame::MessageUpdated(m))),
-                Change::ConversationUpdated(id) => read::conversation(&mut self.conn, id)
-                    .await
-                    .map(|c| (c.id, ServerFrame::ConversationUpdated(c))),
-            };
-            match frame {
-                Ok((conversation_id, frame)) => self.bus.publish(conversation_id, frame),
-                Err(e) => tracing::warn!(error = %e, ?change, "cannot build a view to publish"),
+    /// Applies and commits `batch` in one transaction. With [`Isolation::Group`] it gives up
+    /// at the first write that fails, rolling everything back.
+    fn run_group(&mut self, batch: &[Job], isolation: Isolation) -> Result<Group, GroupFailed> {
+        let mut tx = self.conn.transaction()?;
+        let mut group = Group {
+            results: Vec::with_capacity(batch.len()),
+            changes: Changes::new(),
+            queued_outbound: false,
+        };
+        let mut ingested = 0i64;
+        let mut indexed_up_to = self.indexed_up_to;
+        for job in batch {
+            if !job.write.only_adds_messages() {
+                indexed_up_to = index_new_messages(&tx, indexed_up_to)?;
             }
+            let mut job_changes = Vec::new();
+            let result = match isolation {
+                Isolation::Group => match apply(&tx, &mut self.ids, &job.write, &mut job_changes) {
+                    Ok(written) => Ok(written),
+                    // Dropping the transaction rolls it back.
+                    Err(_) => return Err(GroupFailed::WriteFailed),
+                },
+                Isolation::PerWrite => {
+                    let sp = tx.savepoint()?;
+                    let result = apply(&sp, &mut self.ids, &job.write, &mut job_changes);
+                    if result.is_ok() {
+                        sp.commit()?;
+                    } else {
+                        sp.finish()?;
+                    }
+                    result
+                }
+            };
+            if let Ok(written) = &result {
+                match written {
+                    Written::Ingested(IngestOutcome {
+                        duplicate: false,
+                        message_id: Some(_),
+                        ..
+                    }) => ingested += 1,
+                    Written::Sent {
+                        duplicate: false, ..
+                    } => group.queued_outbound = true,
+                    _ => {}
+                }
+                group.changes.extend(job_changes);
+            }
+            group.results.push(result);
         }
+        if ingested > 0 {
+            // One usage row per group keeps metering off the per-message path.
+            execute(
+                &tx,
+                "INSERT INTO usage_events (id, kind, quantity, at) VALUES (?, 'message_ingested', ?, ?)",
+                params![
+                    new_id(&mut self.ids).to_string(),
+                    ingested,
+                    ms(Timestamp::now())
+                ],
+            )?;
+        }
+        indexed_up_to = index_new_messages(&tx, indexed_up_to)?;
+        tx.commit()?;
+        self.indexed_up_to = indexed_up_to;
+        Ok(group)
     }
 }
 
-fn new_id(ids: &mut Generator) -> ulid::Ulid {
+#[derive(Clone, Copy)]
+enum Isolation {
+    /// The group stands or falls together.
+    Group,
+    /// Each write in its own savepoint.
+    PerWrite,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum GroupFailed {
+    /// A write failed in a group run without savepoints.
+    #[error("a write of the group failed")]
+    WriteFailed,
+    #[error(transparent)]
+    Database(#[from] rusqlite::Error),
+}
+
+/// What a committed group answers and changed.
+struct Group {
+    results: Vec<Result<Written, StoreError>>,
+    changes: Changes,
+    queued_outbound: bool,
+}
+
+/// The highest message `seq`; every message up to it is in the full-text index once the
+/// writer starts (each group indexes its messages before it commits).
+pub(super) fn last_message_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
+        r.get(0)
+    })
+}
+
+/// Puts messages stored after `indexed_up_to` into the full-text index, in one statement:
+/// FTS5 writes a segment each time a statement of the transaction touches it, so indexing
+/// row by row would cost a segment per message. `seq` only grows (messages are never
+/// deleted, only blanked). Answers the new high mark.
+fn index_new_messages(conn: &Connection, indexed_up_to: i64) -> rusqlite::Result<i64> {
+    execute(
+        conn,
+        "INSERT INTO messages_fts (rowid, text) SELECT seq, text FROM messages WHERE seq > ? AND text IS NOT NULL",
+        [indexed_up_to],
+    )?;
+    last_message_seq(conn)
+}
+
+pub(super) fn new_id(ids: &mut Generator) -> ulid::Ulid {
     // The generator only fails when a millisecond's random space is exhausted.
     ids.generate().unwrap_or_else(|_| ulid::Ulid::new())
 }
 
-async fn apply(
-    conn: &mut SqliteConnection,
+/// Runs one statement from the connection's statement cache.
+fn execute(conn: &Connection, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// The one row a statement returns, if any, from the connection's statement cache.
+fn query_optional<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    row: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
+    conn.prepare_cached(sql)?.query_row(params, row).optional()
+}
+
+fn apply(
+    conn: &Connection,
     ids: &mut Generator,
     write: &Write,
     changes: &mut Vec<Change>,
 ) -> Result<Written, StoreError> {
     let now = ms(Timestamp::now());
     match write {
-        Write::Ingest(event) => ingest(conn, ids, event, now, changes)
-            .await
-            .map(Written::Ingested),
-        Write::Send(message) => send(conn, ids, message, now, changes).await,
+        Write::Ingest(event) => ingest(conn, ids, event, now, changes).map(Written::Ingested),
+        Write::Send(message) => send(conn, ids, message, now, changes),
         Write::SetPinned {
             conversation_id,
             pinned,
         } => {
-            let done =
-                sqlx::query("UPDATE conversations SET pinned = ?, updated_at = ? WHERE id = ?")
-                    .bind(*pinned)
-                    .bind(now)
-                    .bind(conversation_id.to_string())
-                    .execute(&mut *conn)
-                    .await?;
-            if done.rows_affected() == 0 {
+            let updated = execute(
+                conn,
+                "UPDATE conversations SET pinned = ?, updated_at = ? WHERE id = ?",
+                params![pinned, now, conversation_id.to_string()],
+            )?;
+            if updated == 0 {
                 return Err(StoreError::NotFound("conversation"));
             }
             changes.push(Change::ConversationUpdated(*conversation_id));
@@ -214,7 +271,7 @@ async fn apply(
             conversation_id,
             up_to,
         } => {
-            mark_read(conn, *conversation_id, *up_to, now).await?;
+            mark_read(conn, *conversation_id, *up_to, now)?;
             changes.push(Change::ConversationUpdated(*conversation_id));
             Ok(Written::Done)
         }
@@ -223,54 +280,54 @@ async fn apply(
             provider_message_id,
         } => {
             let id = message_id.to_string();
-            sqlx::query(
-                "UPDATE outbox SET state = 'sent', provider_message_id = ?, updated_at = ?, attempts = attempts + 1 WHERE message_id = ?",
-            )
-            .bind(provider_message_id)
-            .bind(now)
-            .bind(&id)
-            .execute(&mut *conn)
-            .await?;
-            let done = sqlx::query("UPDATE messages SET status = 'sent', provider_message_id = coalesce(?, provider_message_id) WHERE id = ?")
-                .bind(provider_message_id)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
-            if done.rows_affected() == 0 {
+            execute(
+                conn,
+                "UPDATE outbox SET state = 'sent', provider_message_id = ?, updated_at = ?, attempts = attempts + 1
+                 WHERE message_id = ?",
+                params![provider_message_id, now, id],
+            )?;
+            let updated = execute(
+                conn,
+                "UPDATE messages SET status = 'sent', provider_message_id = coalesce(?, provider_message_id)
+                 WHERE id = ?",
+                params![provider_message_id, id],
+            )?;
+            if updated == 0 {
                 return Err(StoreError::NotFound("message"));
             }
             changes.push(Change::MessageUpdated(*message_id));
             Ok(Written::Done)
         }
         Write::Audit(entry) => {
-            audit(conn, ids, entry, now).await?;
+            audit(conn, ids, entry, now)?;
             Ok(Written::Done)
         }
     }
 }
 
-async fn audit(
-    conn: &mut SqliteConnection,
+fn audit(
+    conn: &Connection,
     ids: &mut Generator,
     entry: &AuditEntry,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
+    execute(
+        conn,
         "INSERT INTO audit_log (id, at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(new_id(ids).to_string())
-    .bind(now)
-    .bind(&entry.actor)
-    .bind(&entry.action)
-    .bind(&entry.target)
-    .bind(entry.detail.as_ref().map(|d| d.to_string()))
-    .execute(&mut *conn)
-    .await?;
+        params![
+            new_id(ids).to_string(),
+            now,
+            entry.actor,
+            entry.action,
+            entry.target,
+            entry.detail.as_ref().map(|d| d.to_string()),
+        ],
+    )?;
     Ok(())
 }
 
-async fn ingest(
-    conn: &mut SqliteConnection,
+fn ingest(
+    conn: &Connection,
     ids: &mut Generator,
     event: &Event,
     now: i64,
@@ -278,12 +335,18 @@ async fn ingest(
 ) -> Result<IngestOutcome, StoreError> {
     let key = event.dedupe_key();
     if let EventBody::MessageReceived(message) = &event.body {
-        let existing: Option<(String, String, String)> = sqlx::query_as(
+        let existing = query_optional(
+            conn,
             "SELECT id, conversation_id, event_id FROM messages WHERE dedupe_key = ?",
-        )
-        .bind(key.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+            [key.as_str()],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
+        )?;
         if let Some((message_id, conversation_id, event_id)) = existing {
             return Ok(IngestOutcome {
                 event_id: parse_id(&event_id)?,
@@ -301,8 +364,7 @@ async fn ingest(
             key.as_str(),
             now,
             changes,
-        )
-        .await?;
+        )?;
         return Ok(IngestOutcome {
             event_id: event.id,
             message_id: Some(message_id),
@@ -311,25 +373,25 @@ async fn ingest(
         });
     }
 
-    let inserted = sqlx::query(
+    let inserted = execute(
+        conn,
         "INSERT INTO events (id, type, dedupe_key, channel, connection, body, occurred_at, received_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
-    )
-    .bind(event.id.to_string())
-    .bind(event.event_type().as_str())
-    .bind(key.as_str())
-    .bind(event.source.channel.as_str())
-    .bind(&event.source.connection)
-    .bind(event.to_json())
-    .bind(ms(event.occurred_at))
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        let event_id: String = sqlx::query_scalar("SELECT id FROM events WHERE dedupe_key = ?")
-            .bind(key.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
+        params![
+            event.id.to_string(),
+            event.event_type().as_str(),
+            key.as_str(),
+            event.source.channel.as_str(),
+            event.source.connection,
+            event.to_json(),
+            ms(event.occurred_at),
+            now,
+        ],
+    )?;
+    if inserted == 0 {
+        let event_id: String = conn
+            .prepare_cached("SELECT id FROM events WHERE dedupe_key = ?")?
+            .query_row([key.as_str()], |r| r.get(0))?;
         return Ok(IngestOutcome {
             event_id: parse_id(&event_id)?,
             message_id: None,
@@ -337,7 +399,7 @@ async fn ingest(
             duplicate: true,
         });
     }
-    let (message_id, conversation_id) = apply_effect(conn, ids, event, now, changes).await?;
+    let (message_id, conversation_id) = apply_effect(conn, ids, event, now, changes)?;
     Ok(IngestOutcome {
         event_id: event.id,
         message_id,
@@ -348,58 +410,64 @@ async fn ingest(
 
 /// What a non-message event does to the inbox. Edits and deletions of messages the store
 /// never saw, and event types whose consumers come later, are kept in the log only.
-async fn apply_effect(
-    conn: &mut SqliteConnection,
+fn apply_effect(
+    conn: &Connection,
     ids: &mut Generator,
     event: &Event,
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<(Option<MessageId>, Option<ConversationId>), StoreError> {
-    let conn_name = &event.source.connection;
+    let connection = &event.source.connection;
+    let id_pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
     match &event.body {
         EventBody::MessageEdited(edit) => {
-            let row: Option<(String, String)> = sqlx::query_as(
+            let row = query_optional(
+                conn,
                 "UPDATE messages SET text = ?, edited_at = ?
                  WHERE provider_message_id = ? AND deleted_at IS NULL AND conversation_id =
                     (SELECT id FROM conversations WHERE connection = ? AND provider_id = ?)
                  RETURNING id, conversation_id",
-            )
-            .bind(&edit.text)
-            .bind(ms(edit.edited_at))
-            .bind(&edit.provider_message_id)
-            .bind(conn_name)
-            .bind(&edit.conversation)
-            .fetch_optional(&mut *conn)
-            .await?;
+                params![
+                    edit.text,
+                    ms(edit.edited_at),
+                    edit.provider_message_id,
+                    connection,
+                    edit.conversation,
+                ],
+                id_pair,
+            )?;
             touched_message(row, changes)
         }
         EventBody::MessageDeleted(deletion) => {
-            let row: Option<(String, String)> = sqlx::query_as(
+            let row = query_optional(
+                conn,
                 "UPDATE messages SET text = NULL, deleted_at = ?
                  WHERE provider_message_id = ? AND deleted_at IS NULL AND conversation_id =
                     (SELECT id FROM conversations WHERE connection = ? AND provider_id = ?)
                  RETURNING id, conversation_id",
-            )
-            .bind(now)
-            .bind(&deletion.provider_message_id)
-            .bind(conn_name)
-            .bind(&deletion.conversation)
-            .fetch_optional(&mut *conn)
-            .await?;
-            sqlx::query("DELETE FROM attachments WHERE message_id = ?")
-                .bind(row.as_ref().map(|r| r.0.as_str()))
-                .execute(&mut *conn)
-                .await?;
+                params![
+                    now,
+                    deletion.provider_message_id,
+                    connection,
+                    deletion.conversation,
+                ],
+                id_pair,
+            )?;
+            execute(
+                conn,
+                "DELETE FROM attachments WHERE message_id = ?",
+                [row.as_ref().map(|r| r.0.as_str())],
+            )?;
             let touched = touched_message(row, changes)?;
             if let (_, Some(conversation_id)) = touched {
-                recount_unread(conn, conversation_id).await?;
+                recount_unread(conn, conversation_id)?;
                 changes.push(Change::ConversationUpdated(conversation_id));
             }
             Ok(touched)
         }
         EventBody::ConversationCreated(conversation)
         | EventBody::ConversationUpdated(conversation) => {
-            let id = upsert_conversation(conn, ids, &event.source, conversation, now).await?;
+            let id = upsert_conversation(conn, ids, &event.source, conversation, now)?;
             changes.push(Change::ConversationUpdated(id));
             Ok((None, Some(id)))
         }
@@ -422,8 +490,8 @@ fn touched_message(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn insert_received(
-    conn: &mut SqliteConnection,
+fn insert_received(
+    conn: &Connection,
     ids: &mut Generator,
     event_id: EventId,
     source: &Source,
@@ -432,42 +500,43 @@ async fn insert_received(
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<(MessageId, ConversationId), StoreError> {
-    let conversation_id =
-        upsert_conversation(conn, ids, source, &message.conversation, now).await?;
-    let sender_id = upsert_identity(conn, ids, source, &message.sender, now).await?;
+    let conversation_id = upsert_conversation(conn, ids, source, &message.conversation, now)?;
+    let sender_id = upsert_identity(conn, ids, source, &message.sender, now)?;
     let message_id = MessageId(new_id(ids));
     let id_text = message_id.to_string();
-    sqlx::query(
+    execute(
+        conn,
         "INSERT INTO messages (id, event_id, conversation_id, direction, status, sender_id, provider_message_id,
                                text, reply_to, dedupe_key, sent_at, received_at)
          VALUES (?, ?, ?, 'inbound', 'received', ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&id_text)
-    .bind(event_id.to_string())
-    .bind(conversation_id.to_string())
-    .bind(sender_id.to_string())
-    .bind(&message.provider_message_id)
-    .bind(&message.text)
-    .bind(&message.reply_to)
-    .bind(dedupe_key)
-    .bind(ms(message.sent_at))
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+        params![
+            id_text,
+            event_id.to_string(),
+            conversation_id.to_string(),
+            sender_id.to_string(),
+            message.provider_message_id,
+            message.text,
+            message.reply_to,
+            dedupe_key,
+            ms(message.sent_at),
+            now,
+        ],
+    )?;
     for (position, attachment) in message.attachments.iter().enumerate() {
-        sqlx::query(
+        execute(
+            conn,
             "INSERT INTO attachments (message_id, position, kind, mime_type, size_bytes, file_name, provider_file_id)
              VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&id_text)
-        .bind(position as i64)
-        .bind(serde_json::to_value(attachment.kind).ok().and_then(|v| v.as_str().map(str::to_string)))
-        .bind(&attachment.mime_type)
-        .bind(attachment.size_bytes.map(|s| s as i64))
-        .bind(&attachment.file_name)
-        .bind(&attachment.provider_file_id)
-        .execute(&mut *conn)
-        .await?;
+            params![
+                id_text,
+                position as i64,
+                attachment.kind.as_str(),
+                attachment.mime_type,
+                attachment.size_bytes.map(|s| s as i64),
+                attachment.file_name,
+                attachment.provider_file_id,
+            ],
+        )?;
     }
     changes.push(Change::MessageCreated(message_id));
     changes.push(Change::ConversationUpdated(conversation_id));
@@ -475,102 +544,103 @@ async fn insert_received(
 }
 
 /// Finds the conversation by its provider id, creating it or refreshing its title.
-async fn upsert_conversation(
-    conn: &mut SqliteConnection,
+fn upsert_conversation(
+    conn: &Connection,
     ids: &mut Generator,
     source: &Source,
     conversation: &ConversationRef,
     now: i64,
 ) -> Result<ConversationId, StoreError> {
-    let found: Option<(String, Option<String>)> = sqlx::query_as(
+    let found = query_optional(
+        conn,
         "SELECT id, title FROM conversations WHERE connection = ? AND provider_id = ?",
-    )
-    .bind(&source.connection)
-    .bind(&conversation.provider_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+        params![source.connection, conversation.provider_id],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+    )?;
     match found {
         Some((id, title)) => {
             if conversation.title.is_some() && conversation.title != title {
-                sqlx::query(
+                execute(
+                    conn,
                     "UPDATE conversations SET title = ?, kind = ?, updated_at = ? WHERE id = ?",
-                )
-                .bind(&conversation.title)
-                .bind(conversation.kind.as_str())
-                .bind(now)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
+                    params![conversation.title, conversation.kind.as_str(), now, id],
+                )?;
             }
             parse_id(&id)
         }
         None => {
             let id = ConversationId(new_id(ids));
-            sqlx::query(
-                "INSERT INTO conversations (id, channel, connection, provider_id, kind, title, last_activity_at, created_at, updated_at)
+            execute(
+                conn,
+                "INSERT INTO conversations (id, channel, connection, provider_id, kind, title, last_activity_at,
+                                            created_at, updated_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id.to_string())
-            .bind(source.channel.as_str())
-            .bind(&source.connection)
-            .bind(&conversation.provider_id)
-            .bind(conversation.kind.as_str())
-            .bind(&conversation.title)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+                params![
+                    id.to_string(),
+                    source.channel.as_str(),
+                    source.connection,
+                    conversation.provider_id,
+                    conversation.kind.as_str(),
+                    conversation.title,
+                    now,
+                    now,
+                    now,
+                ],
+            )?;
             Ok(id)
         }
     }
 }
 
-async fn upsert_identity(
-    conn: &mut SqliteConnection,
+fn upsert_identity(
+    conn: &Connection,
     ids: &mut Generator,
     source: &Source,
     person: &Participant,
     now: i64,
 ) -> Result<IdentityId, StoreError> {
-    let found: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
+    let found = query_optional(
+        conn,
         "SELECT id, display_name, handle FROM identities WHERE connection = ? AND provider_id = ?",
-    )
-    .bind(&source.connection)
-    .bind(&person.provider_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+        params![source.connection, person.provider_id],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        },
+    )?;
     match found {
         Some((id, name, handle)) => {
             let renamed = person.display_name.is_some() && person.display_name != name;
             let rehandled = person.handle.is_some() && person.handle != handle;
             if renamed || rehandled {
-                sqlx::query(
-                    "UPDATE identities SET display_name = coalesce(?, display_name), handle = coalesce(?, handle) WHERE id = ?",
-                )
-                .bind(&person.display_name)
-                .bind(&person.handle)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await?;
+                execute(
+                    conn,
+                    "UPDATE identities SET display_name = coalesce(?, display_name), handle = coalesce(?, handle)
+                     WHERE id = ?",
+                    params![person.display_name, person.handle, id],
+                )?;
             }
             parse_id(&id)
         }
         None => {
             let id = IdentityId(new_id(ids));
-            sqlx::query(
+            execute(
+                conn,
                 "INSERT INTO identities (id, channel, connection, provider_id, display_name, handle, created_at)
                  VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id.to_string())
-            .bind(source.channel.as_str())
-            .bind(&source.connection)
-            .bind(&person.provider_id)
-            .bind(&person.display_name)
-            .bind(&person.handle)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+                params![
+                    id.to_string(),
+                    source.channel.as_str(),
+                    source.connection,
+                    person.provider_id,
+                    person.display_name,
+                    person.handle,
+                    now,
+                ],
+            )?;
             Ok(id)
         }
     }
@@ -581,58 +651,58 @@ fn send_dedupe_key(message: &OutboundMessage) -> String {
     format!("t1:{}:{}", message.conversation_id, message.txn_id)
 }
 
-async fn send(
-    conn: &mut SqliteConnection,
+fn send(
+    conn: &Connection,
     ids: &mut Generator,
     message: &OutboundMessage,
     now: i64,
     changes: &mut Vec<Change>,
 ) -> Result<Written, StoreError> {
     let key = send_dedupe_key(message);
-    let existing: Option<String> =
-        sqlx::query_scalar("SELECT id FROM messages WHERE dedupe_key = ?")
-            .bind(&key)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let existing = query_optional(
+        conn,
+        "SELECT id FROM messages WHERE dedupe_key = ?",
+        [&key],
+        |r| r.get::<_, String>(0),
+    )?;
     if let Some(id) = existing {
         return Ok(Written::Sent {
             message_id: parse_id(&id)?,
             duplicate: true,
         });
     }
-    let connection: Option<String> =
-        sqlx::query_scalar("SELECT connection FROM conversations WHERE id = ?")
-            .bind(message.conversation_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-    let connection = connection.ok_or(StoreError::NotFound("conversation"))?;
+    let conversation_id = message.conversation_id.to_string();
+    let connection = query_optional(
+        conn,
+        "SELECT connection FROM conversations WHERE id = ?",
+        [&conversation_id],
+        |r| r.get::<_, String>(0),
+    )?
+    .ok_or(StoreError::NotFound("conversation"))?;
     let message_id = MessageId(new_id(ids));
     let id_text = message_id.to_string();
-    sqlx::query(
-        "INSERT INTO messages (id, event_id, conversation_id, direction, status, text, txn_id, dedupe_key, sent_at, received_at)
+    execute(
+        conn,
+        "INSERT INTO messages (id, event_id, conversation_id, direction, status, text, txn_id, dedupe_key,
+                               sent_at, received_at)
          VALUES (?, ?, ?, 'outbound', 'pending', ?, ?, ?, ?, ?)",
-    )
-    .bind(&id_text)
-    .bind(EventId(new_id(ids)).to_string())
-    .bind(message.conversation_id.to_string())
-    .bind(&message.text)
-    .bind(&message.txn_id)
-    .bind(&key)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
+        params![
+            id_text,
+            EventId(new_id(ids)).to_string(),
+            conversation_id,
+            message.text,
+            message.txn_id,
+            key,
+            now,
+            now,
+        ],
+    )?;
+    execute(
+        conn,
         "INSERT INTO outbox (message_id, connection, state, next_attempt_at, created_at, updated_at)
          VALUES (?, ?, 'queued', ?, ?, ?)",
-    )
-    .bind(&id_text)
-    .bind(&connection)
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+        params![id_text, connection, now, now, now],
+    )?;
     audit(
         conn,
         ids,
@@ -640,11 +710,13 @@ async fn send(
             actor: "inbox-api".into(),
             action: "message.send".into(),
             target: Some(id_text),
-            detail: Some(serde_json::json!({ "conversation_id": message.conversation_id, "txn_id": message.txn_id })),
+            detail: Some(serde_json::json!({
+                "conversation_id": message.conversation_id,
+                "txn_id": message.txn_id,
+            })),
         },
         now,
-    )
-    .await?;
+    )?;
     changes.push(Change::MessageCreated(message_id));
     changes.push(Change::ConversationUpdated(message.conversation_id));
     Ok(Written::Sent {
@@ -653,8 +725,8 @@ async fn send(
     })
 }
 
-async fn mark_read(
-    conn: &mut SqliteConnection,
+fn mark_read(
+    conn: &Connection,
     conversation_id: ConversationId,
     up_to: Option<MessageId>,
     now: i64,
@@ -662,12 +734,12 @@ async fn mark_read(
     let cid = conversation_id.to_string();
     let marker: Option<String> = match up_to {
         Some(id) => {
-            let belongs: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?")
-                    .bind(id.to_string())
-                    .bind(&cid)
-                    .fetch_optional(&mut *conn)
-                    .await?;
+            let belongs = query_optional(
+                conn,
+                "SELECT 1 FROM messages WHERE id = ? AND conversation_id = ?",
+                params![id.to_string(), cid],
+                |r| r.get::<_, i64>(0),
+            )?;
             if belongs.is_none() {
                 return Err(StoreError::Invalid(format!(
                     "message {id} is not in conversation {conversation_id}"
@@ -675,41 +747,32 @@ async fn mark_read(
             }
             Some(id.to_string())
         }
-        None => {
-            sqlx::query_scalar("SELECT max(id) FROM messages WHERE conversation_id = ?")
-                .bind(&cid)
-                .fetch_one(&mut *conn)
-                .await?
-        }
+        None => conn
+            .prepare_cached("SELECT max(id) FROM messages WHERE conversation_id = ?")?
+            .query_row([&cid], |r| r.get(0))?,
     };
     // Never move the marker backwards: an older client's late "read" must not resurrect unread.
-    let done = sqlx::query(
-        "UPDATE conversations SET read_up_to = max(coalesce(read_up_to, ''), coalesce(?, '')), updated_at = ? WHERE id = ?",
-    )
-    .bind(&marker)
-    .bind(now)
-    .bind(&cid)
-    .execute(&mut *conn)
-    .await?;
-    if done.rows_affected() == 0 {
+    let updated = execute(
+        conn,
+        "UPDATE conversations SET read_up_to = max(coalesce(read_up_to, ''), coalesce(?, '')), updated_at = ?
+         WHERE id = ?",
+        params![marker, now, cid],
+    )?;
+    if updated == 0 {
         return Err(StoreError::NotFound("conversation"));
     }
-    recount_unread(conn, conversation_id).await
+    recount_unread(conn, conversation_id)
 }
 
-async fn recount_unread(
-    conn: &mut SqliteConnection,
-    conversation_id: ConversationId,
-) -> Result<(), StoreError> {
-    sqlx::query(
+fn recount_unread(conn: &Connection, conversation_id: ConversationId) -> Result<(), StoreError> {
+    execute(
+        conn,
         "UPDATE conversations SET unread_count = (
             SELECT count(*) FROM messages m
             WHERE m.conversation_id = conversations.id AND m.direction = 'inbound'
               AND m.deleted_at IS NULL AND m.id > coalesce(conversations.read_up_to, ''))
          WHERE id = ?",
-    )
-    .bind(conversation_id.to_string())
-    .execute(&mut *conn)
-    .await?;
+        [conversation_id.to_string()],
+    )?;
     Ok(())
 }
