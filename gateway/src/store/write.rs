@@ -1,7 +1,7 @@
 //! The writer: one thread owns the only write connection and commits writes in groups (one
-//! transaction and one fsync for everything queued), with a savepoint per write so one bad
-//! write fails alone. Each caller is answered only after its group committed, and only then
-//! are the changes handed to the publisher.
+//! transaction and one fsync for everything queued); a group in which a write fails is run
+//! again with a savepoint per write, so the bad write fails alone. Each caller is answered
+//! only after its group committed, and only then are the changes handed to the publisher.
 //!
 //! The connection is a plain synchronous one on its own thread: a write is several small
 //! statements, and an async driver would hand each of them to a worker thread and wait for
