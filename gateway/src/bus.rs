@@ -10,7 +10,8 @@ use tokio::sync::broadcast;
 /// A committed change, serialised once for every subscriber.
 #[derive(Debug)]
 pub struct Published {
-    pub conversation_id: ConversationId,
+    /// None for frames about no one conversation.
+    pub conversation_id: Option<ConversationId>,
     pub json: String,
 }
 
@@ -35,7 +36,7 @@ impl Bus {
         self.tx.receiver_count() > 0
     }
 
-    pub fn publish(&self, conversation_id: ConversationId, frame: ServerFrame) {
+    pub fn publish(&self, conversation_id: Option<ConversationId>, frame: ServerFrame) {
         let json = serde_json::to_string(&frame).expect("frames serialize");
         // No receiver is not an error: nobody is listening right now.
         let _ = self.tx.send(Arc::new(Published {

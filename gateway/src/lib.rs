@@ -4,6 +4,7 @@
 //! ([`moltbot_protocol::Event`]); the [`store`] writes it idempotently under its dedupe key;
 //! after the commit the change is published on the [`bus`] to stream subscribers.
 
+pub mod agent;
 pub mod api;
 pub mod bus;
 pub mod channels;

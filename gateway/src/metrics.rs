@@ -37,6 +37,18 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// What happened to something, per connection: a provider update, a delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub connection: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<RequestLabels, Counter>,
@@ -51,6 +63,11 @@ pub struct Metrics {
     pub streams_open: Gauge,
     pub stream_frames_dropped: Counter,
     pub config_reloads: Family<ResultLabels, Counter>,
+    pub channel_updates: Family<OutcomeLabels, Counter>,
+    pub deliveries: Family<OutcomeLabels, Counter>,
+    pub agent_runs: Family<ResultLabels, Counter>,
+    pub agent_tokens: Family<TokenLabels, Counter>,
+    pub agent_run_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -136,6 +153,32 @@ impl Metrics {
             "Configuration reloads on SIGHUP",
             config_reloads.clone(),
         );
+        let channel_updates = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "channel_updates",
+            "Provider updates by outcome: stored, duplicate, skipped, rejected, held back",
+            channel_updates.clone(),
+        );
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "outbox_deliveries",
+            "Outbound delivery steps by outcome: sent, retry, ambiguous, reconciled, resent, failed",
+            deliveries.clone(),
+        );
+        let agent_runs = Family::<ResultLabels, Counter>::default();
+        registry.register("agent_runs", "Agent runs by outcome", agent_runs.clone());
+        let agent_tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "agent_tokens",
+            "Model tokens spent, by prompt and completion",
+            agent_tokens.clone(),
+        );
+        let agent_run_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "agent_run_duration_seconds",
+            "Time from a run's start to its outcome",
+            agent_run_duration.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -150,7 +193,30 @@ impl Metrics {
             streams_open,
             stream_frames_dropped,
             config_reloads,
+            channel_updates,
+            deliveries,
+            agent_runs,
+            agent_tokens,
+            agent_run_duration,
         }
+    }
+
+    pub fn channel_update(&self, connection: &str, outcome: &'static str) {
+        self.channel_updates
+            .get_or_create(&OutcomeLabels {
+                connection: connection.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn delivery(&self, connection: &str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels {
+                connection: connection.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn store_commit(&self, writes: usize, took: Duration) {

@@ -1,55 +1,382 @@
-//! Delivers queued outbound messages. Rows are written in the same transaction as their
-//! message, so after a crash whatever was queued and not yet delivered goes out at start.
+//! Delivers queued outbound messages through their connectors.
+//!
+//! Rows are written in the same transaction as their message, so after a crash whatever was
+//! queued goes out at start. Messages of one conversation go out in order, one at a time;
+//! different conversations in parallel. A send that fails is retried with exponential
+//! backoff and jitter (or after the provider's `retry_after`). Before each attempt that could
+//! reach the provider and then fail (a timeout), the attempt is recorded; such an attempt —
+//! or one a crash interrupted — is reconciled with the provider before anything is sent
+//! again, where the provider makes that possible.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use jiff::Timestamp;
+use moltbot_protocol::ids::ConversationId;
+use rand::Rng;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::webchat;
-use crate::store::{OutboxItem, Store};
+use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError};
+use crate::metrics::Metrics;
+use crate::store::{OutboxItem, OutboxWrite, Store};
 
-const BATCH: u32 = 100;
-/// Also polled on this period, for rows whose retry time comes due without a new commit.
+/// Rows fetched per pass.
+const BATCH: u32 = 256;
+/// Conversations delivering at once.
+const MAX_CONVERSATIONS_IN_FLIGHT: usize = 256;
+/// Longest sleep between passes when nothing wakes the sender.
 const POLL: Duration = Duration::from_secs(5);
+/// After this many failed attempts a message is marked failed.
+const MAX_ATTEMPTS: u32 = 10;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How long delivery in flight may finish after shutdown; what is cut off is reconciled at
+/// the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub async fn run(store: Store, shutdown: CancellationToken) {
+pub async fn run(
+    store: Store,
+    connectors: Connectors,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut in_flight: HashSet<ConversationId> = HashSet::new();
+    let mut tasks: JoinSet<ConversationId> = JoinSet::new();
     loop {
+        while let Some(done) = tasks.try_join_next() {
+            finished(&mut in_flight, done);
+        }
         match store.due_outbox(BATCH).await {
             Ok(items) => {
-                let full = items.len() == BATCH as usize;
-                let mut delivered = 0;
                 for item in items {
-                    delivered += usize::from(deliver(&store, item).await);
-                }
-                // A full batch that moved something may have more behind it.
-                if full && delivered > 0 {
-                    continue;
+                    if in_flight.len() >= MAX_CONVERSATIONS_IN_FLIGHT {
+                        break;
+                    }
+                    if in_flight.contains(&item.conversation_id) {
+                        continue;
+                    }
+                    let Some(connector) = connectors.get(&item.connection).cloned() else {
+                        // The connection was removed from the config; its messages wait for it.
+                        tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
+                        continue;
+                    };
+                    in_flight.insert(item.conversation_id);
+                    let delivery = Delivery {
+                        store: store.clone(),
+                        metrics: metrics.clone(),
+                        connector,
+                    };
+                    tasks.spawn(async move {
+                        let conversation_id = item.conversation_id;
+                        delivery.deliver(item).await;
+                        conversation_id
+                    });
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
         }
+        let sleep = match store.next_outbox_due().await {
+            Ok(Some(at)) => until(at).min(POLL),
+            _ => POLL,
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = store.outbox_ready() => {}
-            _ = tokio::time::sleep(POLL) => {}
+            Some(done) = tasks.join_next() => finished(&mut in_flight, done),
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(
+            "deliveries still running at shutdown were cut off; they are reconciled at the next start"
+        );
+    }
+}
+
+fn finished(
+    in_flight: &mut HashSet<ConversationId>,
+    done: Result<ConversationId, tokio::task::JoinError>,
+) {
+    match done {
+        Ok(id) => {
+            in_flight.remove(&id);
+        }
+        // A panicked delivery leaves its conversation marked; it is cleared on the next start.
+        Err(e) => tracing::error!(error = %e, "a delivery task failed"),
+    }
+}
+
+fn until(at: Timestamp) -> Duration {
+    let wait = at.as_millisecond() - Timestamp::now().as_millisecond();
+    Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+}
+
+struct Delivery {
+    store: Store,
+    metrics: Arc<Metrics>,
+    connector: Arc<dyn Connector>,
+}
+
+impl Delivery {
+    /// Delivers the parts of one message not yet delivered, stopping at the first failure.
+    async fn deliver(&self, item: OutboxItem) {
+        let connector = &*self.connector;
+        let parts = split_text(&item.text, connector.max_text_len(), |c| {
+            connector.char_len(c)
+        });
+        let mut in_doubt = item.in_doubt;
+        let mut hint = item.attempt_hint.clone();
+        let mut attempts = item.attempts;
+        let mut index = item.parts_sent as usize;
+        while let Some(text) = parts.get(index) {
+            let part = OutgoingPart {
+                chat: &item.chat,
+                kind: item.kind,
+                text,
+                // Only the first part quotes the message it answers.
+                reply_to: (index == 0).then_some(item.reply_to.as_deref()).flatten(),
+            };
+            let last = index + 1 == parts.len();
+            if in_doubt {
+                match connector.reconcile(&part, hint.as_deref()).await {
+                    Reconciled::Delivered(id) => {
+                        self.metrics.delivery(connector.name(), "reconciled");
+                        tracing::info!(message_id = %item.message_id, part = index, "an interrupted send had arrived; not sending it again");
+                        if !self
+                            .step(OutboxWrite::PartSent {
+                                message_id: item.message_id,
+                                part: index as u32,
+                                provider_message_id: Some(id),
+                                last,
+                            })
+                            .await
+                        {
+                            return;
+                        }
+                        index += 1;
+                        in_doubt = false;
+                        continue;
+                    }
+                    Reconciled::NotDelivered => {
+                        self.metrics.delivery(connector.name(), "not_delivered");
+                    }
+                    Reconciled::Unknown => {
+                        // The provider cannot tell; a possible duplicate beats a lost reply.
+                        self.metrics.delivery(connector.name(), "resent");
+                        tracing::warn!(message_id = %item.message_id, part = index, "cannot tell whether an interrupted send arrived; sending it again");
+                    }
+                }
+            }
+            attempts += 1;
+            if connector.sends_may_be_ambiguous() {
+                hint = connector.attempt_hint(&part).await;
+                let begun = self
+                    .step(OutboxWrite::BeginAttempt {
+                        message_id: item.message_id,
+                        hint: hint.clone(),
+                    })
+                    .await;
+                if !begun {
+                    return;
+                }
+            }
+            match connector.send(&part).await {
+                Ok(provider_message_id) => {
+                    self.metrics.delivery(connector.name(), "sent");
+                    if !self
+                        .step(OutboxWrite::PartSent {
+                            message_id: item.message_id,
+                            part: index as u32,
+                            provider_message_id,
+                            last,
+                        })
+                        .await
+                    {
+                        return;
+                    }
+                    index += 1;
+                    in_doubt = false;
+                }
+                Err(SendError::Permanent { reason }) => {
+                    self.fail(&item, reason).await;
+                    return;
+                }
+                Err(error) => {
+                    let (outcome, in_doubt, retry_after) = match &error {
+                        SendError::Retry { retry_after, .. } => ("retry", false, *retry_after),
+                        _ => ("ambiguous", true, None),
+                    };
+                    self.metrics.delivery(connector.name(), outcome);
+                    if attempts >= MAX_ATTEMPTS {
+                        self.fail(&item, format!("gave up after {attempts} attempts: {error}"))
+                            .await;
+                        return;
+                    }
+                    let wait = retry_after.unwrap_or_else(|| backoff(attempts));
+                    tracing::info!(message_id = %item.message_id, attempts, wait_ms = wait.as_millis() as u64, error = %error, "delivery will be retried");
+                    let at = Timestamp::now() + wait;
+                    self.step(OutboxWrite::RetryLater {
+                        message_id: item.message_id,
+                        at,
+                        error: error.to_string(),
+                        in_doubt,
+                    })
+                    .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn fail(&self, item: &OutboxItem, error: String) {
+        self.metrics.delivery(self.connector.name(), "failed");
+        tracing::warn!(message_id = %item.message_id, error = %error, "delivery failed for good");
+        self.step(OutboxWrite::Failed {
+            message_id: item.message_id,
+            error,
+        })
+        .await;
+    }
+
+    /// Records one step; false if it could not be (the message is picked up again later).
+    async fn step(&self, step: OutboxWrite) -> bool {
+        match self.store.outbox_step(step).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a delivery step");
+                false
+            }
         }
     }
 }
 
-/// True when the item left the queue.
-async fn deliver(store: &Store, item: OutboxItem) -> bool {
-    match item.connection.as_str() {
-        // Web chat's transport is the inbox stream, which already carried the message.
-        webchat::CONNECTION => match store.mark_delivered(item.message_id, None).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, message_id = %item.message_id, "cannot mark a web-chat reply delivered");
-                false
+/// Exponential backoff with jitter: half of it fixed, half random, so a burst of failures
+/// does not come back as a burst.
+fn backoff(attempts: u32) -> Duration {
+    let exp = FIRST_BACKOFF.saturating_mul(1 << attempts.saturating_sub(1).min(16));
+    let full = exp.min(MAX_BACKOFF);
+    let half = full / 2;
+    half + half.mul_f64(rand::rng().random::<f64>())
+}
+
+/// Splits `text` into parts of at most `max` units (`char_len` per character), breaking at
+/// a paragraph, else a line, else a space in the second half of a part, else anywhere. The
+/// separator at a break is dropped; nothing else is lost.
+pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> Vec<&str> {
+    let max = max.max(1);
+    let mut parts = Vec::new();
+    let mut rest = text;
+    loop {
+        let mut used = 0;
+        let mut cut = rest.len();
+        for (i, c) in rest.char_indices() {
+            used += char_len(c);
+            if used > max {
+                cut = i;
+                break;
             }
-        },
-        other => {
-            tracing::debug!(connection = other, message_id = %item.message_id, "no connector for this connection yet; message stays queued");
-            false
         }
+        if cut == rest.len() {
+            parts.push(rest);
+            return parts;
+        }
+        // A character wider than the whole limit still has to go somewhere.
+        let cut = if cut == 0 {
+            rest.chars().next().map_or(rest.len(), char::len_utf8)
+        } else {
+            cut
+        };
+        let window = &rest[..cut];
+        let floor = cut / 2;
+        let (end, skip) = ["\n\n", "\n", " "]
+            .iter()
+            .find_map(|sep| {
+                window
+                    .rfind(sep)
+                    .filter(|&at| at >= floor && at > 0)
+                    .map(|at| (at, sep.len()))
+            })
+            .unwrap_or((cut, 0));
+        parts.push(&rest[..end]);
+        rest = &rest[end + skip..];
+        if rest.is_empty() {
+            return parts;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chars(_: char) -> usize {
+        1
+    }
+
+    #[test]
+    fn short_text_is_one_part() {
+        assert_eq!(split_text("hello", 10, chars), vec!["hello"]);
+        assert_eq!(split_text("", 10, chars), vec![""]);
+    }
+
+    #[test]
+    fn breaks_prefer_paragraphs_then_lines_then_spaces() {
+        assert_eq!(
+            split_text("aaaa bbbb\n\ncccc", 12, chars),
+            vec!["aaaa bbbb", "cccc"]
+        );
+        assert_eq!(
+            split_text("aaaa bb\ncccc dd", 10, chars),
+            vec!["aaaa bb", "cccc dd"]
+        );
+        assert_eq!(
+            split_text("aaaa bbbb cccc", 10, chars),
+            vec!["aaaa bbbb", "cccc"]
+        );
+    }
+
+    #[test]
+    fn a_word_longer_than_the_limit_is_cut_hard_and_nothing_is_lost() {
+        let parts = split_text("abcdefghij", 4, chars);
+        assert_eq!(parts, vec!["abcd", "efgh", "ij"]);
+        assert_eq!(parts.concat(), "abcdefghij");
+    }
+
+    #[test]
+    fn limits_count_in_the_connectors_units() {
+        // Telegram counts UTF-16 code units: an emoji is two.
+        let text = "😀".repeat(4096);
+        let parts = split_text(&text, 4096, char::len_utf16);
+        assert_eq!(parts.len(), 2);
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.encode_utf16().count() <= 4096 && !p.is_empty())
+        );
+        assert_eq!(parts.concat(), text);
+        let long = "word ".repeat(2000);
+        for part in split_text(&long, 4096, char::len_utf16) {
+            assert!(part.encode_utf16().count() <= 4096);
+            assert!(!part.starts_with(' '));
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for attempts in 1..40 {
+            let wait = backoff(attempts);
+            let full = FIRST_BACKOFF
+                .saturating_mul(1 << (attempts - 1).min(16))
+                .min(MAX_BACKOFF);
+            assert!(wait >= full / 2 && wait <= full, "{attempts}: {wait:?}");
+        }
+        assert!(backoff(20) <= MAX_BACKOFF);
     }
 }

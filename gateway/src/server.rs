@@ -11,11 +11,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::{self, Agent};
 use crate::api::{self, AppState};
 use crate::bus::Bus;
+use crate::channels::{ConnectorError, Connectors};
 use crate::config::Config;
 use crate::metrics::{Metrics, ResultLabels};
 use crate::outbox;
+use crate::store::RunPolicy;
 use crate::store::{self, AuditEntry, Store, StoreError};
 use crate::telemetry::LogControl;
 
@@ -26,6 +29,8 @@ const BUS_CAPACITY: usize = 4096;
 pub enum GatewayError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Connector(#[from] ConnectorError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -46,13 +51,16 @@ pub async fn run(
     let started = Instant::now();
     let metrics = Arc::new(Metrics::new());
     let bus = Bus::new(BUS_CAPACITY);
+    let (policy_tx, policy_rx) = watch::channel(agent::run_policy(&config.agent));
     let (store, writer) = Store::open(
         &config.data_dir,
         &config.store,
         bus.clone(),
         metrics.clone(),
+        policy_rx,
     )
     .await?;
+    let connectors = Connectors::from_config(&config, &store, &metrics)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -69,9 +77,10 @@ pub async fn run(
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let state = AppState {
         store: store.clone(),
-        bus,
+        bus: bus.clone(),
+        connectors: connectors.clone(),
         metrics: metrics.clone(),
-        config: config_rx,
+        config: config_rx.clone(),
         shutdown: shutdown.clone(),
         streams,
     };
@@ -82,19 +91,31 @@ pub async fn run(
     let signals = {
         let shutdown = shutdown.clone();
         let store = store.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
-                    _ = hup.recv() => reload(&config_path, &config_tx, &log, &metrics, &store).await,
+                    _ = hup.recv() => reload(&config_path, &config_tx, &policy_tx, &log, &metrics, &store).await,
                 }
             }
             tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
             shutdown.cancel();
         })
     };
-    let delivery = tokio::spawn(outbox::run(store.clone(), shutdown.clone()));
+    let mut channels = connectors.start(&shutdown);
+    let delivery = tokio::spawn(outbox::run(
+        store.clone(),
+        connectors.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let pi = tokio::spawn(
+        Agent::new(store.clone(), bus, connectors, metrics.clone(), config_rx)
+            .run(shutdown.clone()),
+    );
+    let housekeeping = tokio::spawn(prune_receipts(store.clone(), shutdown.clone()));
     let reads = store.reads().clone();
     drop(store);
 
@@ -116,7 +137,12 @@ pub async fn run(
         _ = grace_expired => tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them"),
     }
     signals.abort();
+    // Connectors stop reading, runs in flight are abandoned (they run again at the next
+    // start), and deliveries in flight get a moment to finish.
+    while channels.join_next().await.is_some() {}
+    let _ = pi.await;
     let _ = delivery.await;
+    let _ = housekeeping.await;
     // Commit what was accepted; a request still open past the grace gets `shutting_down`.
     writer.finish().await;
     store::close(reads, &data_dir).await?;
@@ -129,6 +155,7 @@ pub async fn run(
 async fn reload(
     path: &std::path::Path,
     config_tx: &watch::Sender<Arc<Config>>,
+    policy_tx: &watch::Sender<RunPolicy>,
     log: &LogControl,
     metrics: &Metrics,
     store: &Store,
@@ -144,6 +171,7 @@ async fn reload(
             if let Err(e) = log.set_level(&applied.log.level) {
                 tracing::warn!(error = %e, "cannot apply log.level");
             }
+            policy_tx.send_replace(agent::run_policy(&applied.agent));
             config_tx.send_replace(Arc::new(applied));
             tracing::info!("configuration reloaded");
             "ok"
@@ -165,5 +193,21 @@ async fn reload(
     };
     if let Err(e) = store.audit(entry).await {
         tracing::warn!(error = %e, "cannot record the reload in the audit log");
+    }
+}
+
+/// Forgets provider deliveries older than two days, hourly: providers redeliver for a day
+/// at most, so older receipts only take space.
+async fn prune_receipts(store: Store, shutdown: CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+    loop {
+        let before = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(48);
+        if let Err(e) = store.prune_receipts(before).await {
+            tracing::warn!(error = %e, "cannot prune old delivery receipts");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
     }
 }

@@ -90,6 +90,10 @@ impl DedupeKey {
                 &a.conversation_id.to_string(),
                 &a.trigger_message_id.to_string(),
             ]),
+            // Announced once per conversation and day.
+            EventBody::AgentBudgetExhausted(b) => {
+                provider(&[kind, &b.conversation_id.to_string(), &b.day])
+            }
         }
     }
 }

@@ -207,6 +207,10 @@ pub struct MessageReceived {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
     pub sent_at: Timestamp,
+    /// The message mentions, or replies to, the connection's own account (a bot's
+    /// `@name` in a group): in groups the agent answers only these.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mentions_self: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,9 +240,40 @@ pub struct Reaction {
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionState {
     Connected,
+    /// Working with trouble (retries, rate limits); no action needed yet.
     Degraded,
+    /// Needs the person: a revoked token, a removed bot.
     ActionRequired,
     Disconnected,
+}
+
+impl ConnectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connected => "connected",
+            ConnectionState::Degraded => "degraded",
+            ConnectionState::ActionRequired => "action_required",
+            ConnectionState::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl FromStr for ConnectionState {
+    type Err = ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            ConnectionState::Connected,
+            ConnectionState::Degraded,
+            ConnectionState::ActionRequired,
+            ConnectionState::Disconnected,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+        .ok_or_else(|| ProtocolError::InvalidField {
+            field: "state",
+            reason: format!("unknown connection state {s:?}"),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +299,16 @@ pub struct MediaAvailable {
 pub struct AgentRequested {
     pub conversation_id: ConversationId,
     pub trigger_message_id: MessageId,
+}
+
+/// The tenant's daily token budget ran out; the agent answers again the next (UTC) day.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBudgetExhausted {
+    pub conversation_id: ConversationId,
+    /// The UTC day the budget is counted over, `YYYY-MM-DD`.
+    pub day: String,
+    pub tokens_used: u64,
+    pub tokens_per_day: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +366,17 @@ event_types! {
     MediaAvailable(MediaAvailable) = "media.available",
     AgentRequested(AgentRequested) = "agent.requested",
     AgentResponded(AgentResponded) = "agent.responded",
+    AgentBudgetExhausted(AgentBudgetExhausted) = "agent.budget_exhausted",
+}
+
+impl EventType {
+    /// Events only the gateway's own agent produces; no connector or client may post them.
+    pub fn is_agent_event(self) -> bool {
+        matches!(
+            self,
+            EventType::AgentRequested | EventType::AgentResponded | EventType::AgentBudgetExhausted
+        )
+    }
 }
 
 impl fmt::Display for EventType {
@@ -474,7 +530,8 @@ impl Event {
             }
             EventBody::ConnectionStateChanged(_)
             | EventBody::AgentRequested(_)
-            | EventBody::AgentResponded(_) => {}
+            | EventBody::AgentResponded(_)
+            | EventBody::AgentBudgetExhausted(_) => {}
         }
         Ok(())
     }

@@ -64,3 +64,15 @@ ulid_id!(
     /// Identifies a person or account on some channel.
     IdentityId
 );
+ulid_id!(
+    /// Identifies one agent run: one answer the agent owes a conversation.
+    RunId
+);
+ulid_id!(
+    /// Identifies a memory fact.
+    FactId
+);
+ulid_id!(
+    /// Identifies a follow-up reminder.
+    FollowUpId
+);

@@ -11,14 +11,24 @@
 //! - `POST /v1/events` (a canonical [`crate::Event`]) → [`Ingested`]
 //! - `POST /v1/webchat/messages` ([`WebchatMessage`]) → [`Ingested`]
 //! - `GET  /v1/stream` WebSocket: [`ClientFrame`] up, [`ServerFrame`] down
+//! - `PUT  /v1/conversations/{id}/agent` ([`SetAgentMode`]) → [`ConversationView`]
+//! - `GET  /v1/agent/runs?conversation_id=&state=&cursor=&limit=` → [`Page`] of [`AgentRunView`], newest first
+//! - `GET  /v1/agent/runs/{id}`; `POST /v1/agent/runs/{id}/approve` ([`ApproveDraft`]) and
+//!   `POST /v1/agent/runs/{id}/reject` → [`AgentRunView`]
+//! - `GET  /v1/memory` → list of [`MemoryFactView`]; `POST /v1/memory` ([`NewFact`]);
+//!   `POST /v1/memory/{id}/approve`; `DELETE /v1/memory/{id}`
+//! - `GET  /v1/follow-ups` → list of [`FollowUpView`]; `DELETE /v1/follow-ups/{id}` cancels one
+//! - `GET  /v1/pairing` → list of [`PairingRequestView`]; `POST /v1/pairing/{code}/approve|deny`
+//! - `GET  /status` → [`GatewayStatus`] (same token): connections' health and the agent's budget
+//! - `POST /hooks/{connection}`: provider webhooks, verified by the connection itself
 //!
 //! Every error is an [`ApiError`] body.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Attachment, Channel, ConversationKind};
-use crate::ids::{ConversationId, IdentityId, MessageId};
+use crate::event::{Attachment, Channel, ConnectionState, ConversationKind};
+use crate::ids::{ConversationId, FactId, FollowUpId, IdentityId, MessageId, RunId};
 
 /// Largest page a list endpoint returns.
 pub const MAX_PAGE_SIZE: u32 = 200;
@@ -95,6 +105,9 @@ pub struct ConversationView {
     pub last_message_preview: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The agent's mode here; absent means the gateway's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_mode: Option<AgentMode>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +240,15 @@ pub enum ServerFrame {
     #[serde(rename = "subscriptions")]
     Subscriptions(Subscriptions),
     /// The client fell behind and frames were dropped: refetch over HTTP.
+    /// A run was queued, started, finished, or its draft decided.
+    #[serde(rename = "agent.run")]
+    AgentRun(AgentRunView),
+    /// A piece of the reply a running agent is writing (not stored; the final text arrives
+    /// as a message or a draft).
+    #[serde(rename = "agent.delta")]
+    AgentDelta(AgentDelta),
+    #[serde(rename = "connection.state")]
+    ConnectionState(ConnectionStatusView),
     #[serde(rename = "resync")]
     Resync { missed: u64 },
     #[serde(rename = "error")]
@@ -237,4 +259,237 @@ pub enum ServerFrame {
 pub struct Subscriptions {
     pub tenant: bool,
     pub conversations: Vec<ConversationId>,
+}
+
+/// How the agent treats a conversation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    Off,
+    /// Replies wait in the inbox for the person's approval.
+    #[default]
+    Draft,
+    /// Replies go out at once.
+    Autopilot,
+}
+
+impl AgentMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentMode::Off => "off",
+            AgentMode::Draft => "draft",
+            AgentMode::Autopilot => "autopilot",
+        }
+    }
+}
+
+impl std::str::FromStr for AgentMode {
+    type Err = crate::ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [AgentMode::Off, AgentMode::Draft, AgentMode::Autopilot]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| crate::ProtocolError::InvalidField {
+                field: "mode",
+                reason: format!("unknown agent mode {s:?}"),
+            })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetAgentMode {
+    /// `null` returns the conversation to the gateway's default.
+    pub mode: Option<AgentMode>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    /// Only ever seen on the stream: the stored state stays `queued` until the outcome.
+    Running,
+    /// A draft waits for the person.
+    AwaitingApproval,
+    Succeeded,
+    /// Visible with its `error`; the model failed, timed out or answered nonsense.
+    Failed,
+    Rejected,
+    /// The tenant's daily token budget was spent.
+    BudgetExhausted,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Running => "running",
+            RunState::AwaitingApproval => "awaiting_approval",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Rejected => "rejected",
+            RunState::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
+impl std::str::FromStr for RunState {
+    type Err = crate::ProtocolError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            RunState::Queued,
+            RunState::Running,
+            RunState::AwaitingApproval,
+            RunState::Succeeded,
+            RunState::Failed,
+            RunState::Rejected,
+            RunState::BudgetExhausted,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| crate::ProtocolError::InvalidField {
+            field: "state",
+            reason: format!("unknown run state {s:?}"),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentRunView {
+    pub id: RunId,
+    pub conversation_id: ConversationId,
+    /// The newest message the run answers.
+    pub trigger_message_id: MessageId,
+    pub mode: AgentMode,
+    pub state: RunState,
+    /// The draft, or the reply that was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_message_id: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Cost in millionths of the configured currency unit.
+    pub cost_micros: u64,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentDelta {
+    pub run_id: RunId,
+    pub conversation_id: ConversationId,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApproveDraft {
+    /// The person's edit of the draft; absent sends the draft as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactState {
+    /// Suggested by the agent; not used until approved.
+    Proposed,
+    Approved,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryFactView {
+    pub id: FactId,
+    pub text: String,
+    pub state: FactState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_conversation_id: Option<ConversationId>,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewFact {
+    pub text: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FollowUpState {
+    Pending,
+    Fired,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FollowUpView {
+    pub id: FollowUpId,
+    pub conversation_id: ConversationId,
+    pub note: String,
+    pub due_at: Timestamp,
+    pub state: FollowUpState,
+    /// The nudge that was sent when it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PairingState {
+    Pending,
+    Approved,
+    Denied,
+}
+
+/// An unknown sender asking to talk to a connection whose DM policy is `pairing`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairingRequestView {
+    pub connection: String,
+    pub sender_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    /// The code the sender was given; the tenant approves by it.
+    pub code: String,
+    pub state: PairingState,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionStatusView {
+    pub name: String,
+    pub channel: Channel,
+    pub state: ConnectionState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatusView {
+    /// False when no model is configured.
+    pub enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub default_mode: AgentMode,
+    pub runs_queued: u64,
+    /// Tokens spent this UTC day, and the day's budget.
+    pub tokens_today: u64,
+    pub tokens_per_day: u64,
+}
+
+/// `GET /status`: what the operator and the control plane show about this gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    pub tenant: String,
+    pub connections: Vec<ConnectionStatusView>,
+    pub agent: AgentStatusView,
 }

@@ -39,6 +39,7 @@ fn received(provider_message_id: Option<&str>, text: &str, sent_at: &str) -> Eve
             reply_to: None,
             attachments: vec![],
             sent_at: ts(sent_at),
+            mentions_self: false,
         }),
     )
 }
@@ -72,6 +73,7 @@ fn one_of_each() -> Vec<Event> {
                 provider_file_id: Some("file-9".into()),
             }],
             sent_at: at,
+            mentions_self: false,
         }),
         EventBody::MessageEdited(MessageEdited {
             conversation: "chat-1".into(),
@@ -107,6 +109,12 @@ fn one_of_each() -> Vec<Event> {
             conversation_id: ConversationId::new(),
             trigger_message_id: MessageId::new(),
             reply_message_id: Some(MessageId::new()),
+        }),
+        EventBody::AgentBudgetExhausted(AgentBudgetExhausted {
+            conversation_id: ConversationId::new(),
+            day: "2026-11-21".into(),
+            tokens_used: 200_000,
+            tokens_per_day: 200_000,
         }),
     ];
     bodies

@@ -49,7 +49,7 @@ pub struct SearchParams {
     limit: Option<u32>,
 }
 
-fn page_size(limit: Option<u32>) -> Result<u32, Failure> {
+pub(super) fn page_size(limit: Option<u32>) -> Result<u32, Failure> {
     match limit.unwrap_or(DEFAULT_PAGE_SIZE) {
         n @ 1..=MAX_PAGE_SIZE => Ok(n),
         n => Err(Failure::invalid(format!(
@@ -58,7 +58,7 @@ fn page_size(limit: Option<u32>) -> Result<u32, Failure> {
     }
 }
 
-fn check_text(text: &str) -> Result<(), Failure> {
+pub(super) fn check_text(text: &str) -> Result<(), Failure> {
     if text.trim().is_empty() {
         return Err(Failure::invalid("text must not be empty"));
     }
@@ -185,10 +185,7 @@ pub async fn ingest_event(
     BodyText(bytes): BodyText,
 ) -> Result<impl IntoResponse, Failure> {
     let event = Event::from_slice(&bytes, state.config().limits.max_body_bytes)?;
-    if matches!(
-        event.event_type(),
-        EventType::AgentRequested | EventType::AgentResponded
-    ) {
+    if event.event_type().is_agent_event() {
         return Err(Failure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             moltbot_protocol::inbox::ErrorCode::InvalidRequest,

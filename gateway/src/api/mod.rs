@@ -1,8 +1,10 @@
 //! The gateway's HTTP surface: the inbox API under `/v1` (bearer token), and `/healthz`,
 //! `/readyz`, `/metrics` for the platform.
 
+mod agent;
 mod error;
 mod extract;
+mod hooks;
 mod inbox;
 mod ops;
 mod stream;
@@ -15,13 +17,14 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use moltbot_protocol::inbox::ErrorCode;
 use subtle::ConstantTimeEq;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
+use crate::channels::Connectors;
 use crate::config::Config;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::store::Store;
@@ -35,6 +38,7 @@ pub const STREAM_PROTOCOL: &str = "moltbot.v1";
 pub struct AppState {
     pub store: Store,
     pub bus: Bus,
+    pub connectors: Connectors,
     pub metrics: Arc<Metrics>,
     pub config: watch::Receiver<Arc<Config>>,
     pub shutdown: CancellationToken,
@@ -63,9 +67,27 @@ pub fn router(state: AppState) -> Router {
         .route("/events", post(inbox::ingest_event))
         .route("/webchat/messages", post(inbox::webchat_message))
         .route("/stream", get(stream::open))
+        .route("/conversations/{id}/agent", put(agent::set_mode))
+        .route("/agent/runs", get(agent::list_runs))
+        .route("/agent/runs/{id}", get(agent::get_run))
+        .route("/agent/runs/{id}/approve", post(agent::approve))
+        .route("/agent/runs/{id}/reject", post(agent::reject))
+        .route("/memory", get(agent::list_facts).post(agent::add_fact))
+        .route("/memory/{id}", delete(agent::delete_fact))
+        .route("/memory/{id}/approve", post(agent::approve_fact))
+        .route("/follow-ups", get(agent::list_follow_ups))
+        .route("/follow-ups/{id}", delete(agent::cancel_follow_up))
+        .route("/pairing", get(agent::list_pairing))
+        .route("/pairing/{code}/approve", post(agent::approve_pairing))
+        .route("/pairing/{code}/deny", post(agent::deny_pairing))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let status = Router::new()
+        .route("/status", get(hooks::status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
+        .merge(status)
+        .route("/hooks/{connection}", post(hooks::receive))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

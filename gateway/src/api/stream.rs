@@ -37,8 +37,9 @@ struct Filter {
 }
 
 impl Filter {
-    fn wants(&self, conversation_id: &ConversationId) -> bool {
-        self.tenant || self.conversations.contains(conversation_id)
+    /// Frames about no conversation (a connection's health) go to tenant subscribers only.
+    fn wants(&self, conversation_id: Option<&ConversationId>) -> bool {
+        self.tenant || conversation_id.is_some_and(|id| self.conversations.contains(id))
     }
 
     fn apply(&mut self, frame: ClientFrame) -> ServerFrame {
@@ -124,7 +125,7 @@ async fn serve(
                 break;
             }
             change = changes.recv() => match change {
-                Ok(published) if filter.wants(&published.conversation_id) => {
+                Ok(published) if filter.wants(published.conversation_id.as_ref()) => {
                     if tx.send(Message::Text(published.json.clone().into())).await.is_err() {
                         break;
                     }

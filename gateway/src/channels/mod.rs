@@ -1,4 +1,238 @@
-//! Channel connectors. Each turns provider traffic into canonical events and delivers
-//! outbound messages.
+//! Channel connectors. Each connection (web chat, one Telegram bot, …) is one
+//! [`Connector`]: it turns provider traffic into canonical events and delivers outbound
+//! messages. What only some providers can do is an optional capability ([`Webhook`],
+//! [`Typing`]) the connector hands out when it has it.
 
+pub mod telegram;
 pub mod webchat;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use jiff::Timestamp;
+use moltbot_protocol::event::{ConnectionState, ConnectionStateChanged, ConversationKind};
+use moltbot_protocol::event::{EventBody, Source};
+use moltbot_protocol::{Channel, Event};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConnectionConfig};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// One part of an outbound message, as a connector delivers it.
+#[derive(Clone, Copy, Debug)]
+pub struct OutgoingPart<'a> {
+    /// The conversation as the provider names it.
+    pub chat: &'a str,
+    pub kind: ConversationKind,
+    pub text: &'a str,
+    /// Provider id of the message this part answers.
+    pub reply_to: Option<&'a str>,
+}
+
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// Did not reach the provider, or the provider asked to come back later.
+    #[error("{reason}")]
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// May have reached the provider: reconcile before sending again.
+    #[error("{reason}")]
+    Ambiguous { reason: String },
+    /// Will never succeed as it is (the person blocked the bot, the chat is gone).
+    #[error("{reason}")]
+    Permanent { reason: String },
+}
+
+/// What a connector found out about an attempt that may have reached the provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reconciled {
+    /// It arrived, with this provider id.
+    Delivered(String),
+    /// It did not arrive: sending again is safe.
+    NotDelivered,
+    /// The provider offers no way to tell.
+    Unknown,
+}
+
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    /// The connection's name, unique in the gateway.
+    fn name(&self) -> &str;
+    fn channel(&self) -> Channel;
+    /// Longest text one provider message may carry, in the units [`Connector::char_len`] counts.
+    fn max_text_len(&self) -> usize;
+    /// How much of the limit one character takes (Telegram counts UTF-16 code units).
+    fn char_len(&self, _c: char) -> usize {
+        1
+    }
+    /// Whether a send can fail after the provider received it; if so, each attempt is
+    /// recorded before it starts, so a crash or timeout is reconciled rather than resent.
+    fn sends_may_be_ambiguous(&self) -> bool {
+        true
+    }
+    /// Reads the provider until `shutdown`. Connectors that are only ever called (webhooks,
+    /// web chat) return at once.
+    async fn run(self: Arc<Self>, shutdown: CancellationToken);
+    /// Delivers one part; answers the provider's message id, if it gives one.
+    async fn send(&self, part: &OutgoingPart<'_>) -> Result<Option<String>, SendError>;
+    /// What to remember before an attempt, to reconcile it later.
+    async fn attempt_hint(&self, _part: &OutgoingPart<'_>) -> Option<String> {
+        None
+    }
+    /// Finds out whether an attempt that may have reached the provider did.
+    async fn reconcile(&self, _part: &OutgoingPart<'_>, _hint: Option<&str>) -> Reconciled {
+        Reconciled::Unknown
+    }
+    fn webhook(&self) -> Option<&dyn Webhook> {
+        None
+    }
+    fn typing(&self) -> Option<&dyn Typing> {
+        None
+    }
+}
+
+/// Takes provider deliveries on `POST /hooks/{connection}`.
+#[async_trait]
+pub trait Webhook: Send + Sync {
+    /// Verifies the request's origin, then stores what it carries before answering, so a
+    /// delivery Telegram sees acknowledged is never lost.
+    async fn receive(&self, headers: &HeaderMap, body: Bytes) -> Result<(), WebhookRejection>;
+}
+
+#[derive(Debug, Error)]
+pub enum WebhookRejection {
+    /// Missing or wrong secret: nothing is stored.
+    #[error("the request's origin could not be verified")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    /// Could not be stored now; the provider should deliver again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Shows the person that a reply is being written.
+#[async_trait]
+pub trait Typing: Send + Sync {
+    async fn typing(&self, chat: &str) -> Result<(), SendError>;
+}
+
+/// Keeps a connection's health in the store (and so on `/status` and the stream), as a
+/// `connection.state_changed` event each time it changes.
+pub struct Health {
+    store: Store,
+    source: Source,
+    current: Mutex<Option<(ConnectionState, Option<String>)>>,
+}
+
+impl Health {
+    pub fn new(store: Store, source: Source) -> Self {
+        Self {
+            store,
+            source,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub async fn report(&self, state: ConnectionState, reason: Option<String>) {
+        let mut current = self.current.lock().await;
+        let next = (state, reason);
+        if current.as_ref() == Some(&next) {
+            return;
+        }
+        let (state, reason) = next.clone();
+        let connection = &self.source.connection;
+        match state {
+            ConnectionState::Connected => tracing::info!(connection, "connection healthy"),
+            _ => {
+                tracing::warn!(
+                    connection,
+                    state = state.as_str(),
+                    reason = reason.as_deref().unwrap_or(""),
+                    "connection unhealthy"
+                )
+            }
+        }
+        let event = Event::new(
+            self.source.clone(),
+            Timestamp::now(),
+            EventBody::ConnectionStateChanged(ConnectionStateChanged { state, reason }),
+        );
+        match self.store.ingest(event).await {
+            Ok(_) => *current = Some(next),
+            Err(e) => {
+                tracing::warn!(error = %e, connection, "cannot record the connection's health")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ConnectorError {
+    #[error("connection {name}: {message}")]
+    Setup { name: String, message: String },
+}
+
+/// Every connection of the gateway, by name.
+#[derive(Clone, Default)]
+pub struct Connectors {
+    by_name: BTreeMap<String, Arc<dyn Connector>>,
+}
+
+impl Connectors {
+    /// Builds the connectors the config asks for; nothing talks to a provider yet.
+    pub fn from_config(
+        config: &Config,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, ConnectorError> {
+        let mut by_name: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+        if config.channels.webchat.enabled {
+            by_name.insert(
+                webchat::CONNECTION.to_string(),
+                Arc::new(webchat::Webchat::new(store.clone())),
+            );
+        }
+        for connection in &config.connections {
+            let connector: Arc<dyn Connector> = match connection {
+                ConnectionConfig::Telegram(telegram) => Arc::new(
+                    telegram::Telegram::new(telegram, store.clone(), metrics.clone()).map_err(
+                        |message| ConnectorError::Setup {
+                            name: telegram.name.clone(),
+                            message,
+                        },
+                    )?,
+                ),
+            };
+            by_name.insert(connection.name().to_string(), connector);
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Connector>> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Connector>> {
+        self.by_name.values()
+    }
+
+    /// Starts every connector's provider loop.
+    pub fn start(&self, shutdown: &CancellationToken) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for connector in self.by_name.values() {
+            tasks.spawn(connector.clone().run(shutdown.clone()));
+        }
+        tasks
+    }
+}

@@ -5,15 +5,64 @@
 //! the client's message id, so a retried post is stored once. Outbound: the stream is the
 //! transport, so a reply is delivered as soon as it is committed and published.
 
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use jiff::Timestamp;
 use moltbot_protocol::event::{
-    ConversationKind, ConversationRef, EventBody, MessageReceived, Participant, Source,
+    ConnectionState, ConversationKind, ConversationRef, EventBody, MessageReceived, Participant,
+    Source,
 };
 use moltbot_protocol::inbox::WebchatMessage;
 use moltbot_protocol::{Channel, Event, ProtocolError};
+use tokio_util::sync::CancellationToken;
+
+use super::{Connector, Health, OutgoingPart, SendError};
+use crate::store::Store;
 
 /// The connection name of web chat; every gateway has exactly one.
 pub const CONNECTION: &str = "webchat";
+
+pub struct Webchat {
+    health: Health,
+}
+
+impl Webchat {
+    pub fn new(store: Store) -> Self {
+        Self {
+            health: Health::new(store, source()),
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for Webchat {
+    fn name(&self) -> &str {
+        CONNECTION
+    }
+
+    fn channel(&self) -> Channel {
+        Channel::Webchat
+    }
+
+    /// The stream has no message size of its own; the inbox API bounds text on the way in.
+    fn max_text_len(&self) -> usize {
+        usize::MAX
+    }
+
+    fn sends_may_be_ambiguous(&self) -> bool {
+        false
+    }
+
+    async fn run(self: Arc<Self>, _shutdown: CancellationToken) {
+        self.health.report(ConnectionState::Connected, None).await;
+    }
+
+    /// The stream already carried the message when it was committed.
+    async fn send(&self, _part: &OutgoingPart<'_>) -> Result<Option<String>, SendError> {
+        Ok(None)
+    }
+}
 
 pub fn source() -> Source {
     Source {
@@ -43,6 +92,7 @@ pub fn to_event(message: WebchatMessage, now: Timestamp) -> Result<Event, Protoc
             reply_to: None,
             attachments: Vec::new(),
             sent_at: now,
+            mentions_self: false,
         }),
     );
     event.validate()?;

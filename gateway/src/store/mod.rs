@@ -4,7 +4,11 @@
 //! after a commit the [`publish`] task puts the changes on the bus. Reads use a separate
 //! pool of read-only connections, which WAL lets run beside the writer.
 
+mod agent;
+mod channels;
 mod checkpoint;
+mod inbox;
+mod outbox;
 mod publish;
 mod read;
 mod write;
@@ -21,7 +25,7 @@ use moltbot_protocol::{Event, EventId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{ConnectOptions, Connection};
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use ulid::Generator;
 
@@ -30,7 +34,15 @@ use crate::config::{StoreConfig, Synchronous};
 use crate::metrics::Metrics;
 use write::Command;
 
-pub use read::{ConversationFilter, OutboxItem};
+pub use agent::{
+    HistoryRow, QueuedRun, RunContext, RunFilter, RunFinish, RunOutcome, RunPolicy, RunUsage,
+    ToolCallRecord, ToolEffect, ToolOutcome,
+};
+pub use channels::{PairingAsk, PairingTicket, Receipt};
+pub use inbox::OutboundMessage;
+pub use outbox::OutboxItem;
+pub(crate) use outbox::OutboxWrite;
+pub use read::ConversationFilter;
 
 const DB_FILE: &str = "gateway.db";
 
@@ -53,6 +65,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("{0}")]
     Invalid(String),
+    /// The request is fine but the thing it acts on is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is shutting down")]
@@ -69,14 +84,6 @@ pub struct IngestOutcome {
     pub duplicate: bool,
 }
 
-/// A message sent through the inbox API (`PUT .../send/{txn_id}`).
-#[derive(Clone, Debug)]
-pub struct OutboundMessage {
-    pub conversation_id: ConversationId,
-    pub txn_id: String,
-    pub text: String,
-}
-
 #[derive(Clone, Debug)]
 pub struct AuditEntry {
     pub actor: String,
@@ -85,24 +92,13 @@ pub struct AuditEntry {
     pub detail: Option<serde_json::Value>,
 }
 
-/// One change for the writer.
+/// One change for the writer, by the part of the store it belongs to.
 #[derive(Debug)]
 pub(crate) enum Write {
-    Ingest(Box<Event>),
-    Send(OutboundMessage),
-    SetPinned {
-        conversation_id: ConversationId,
-        pinned: bool,
-    },
-    MarkRead {
-        conversation_id: ConversationId,
-        up_to: Option<MessageId>,
-    },
-    MarkDelivered {
-        message_id: MessageId,
-        provider_message_id: Option<String>,
-    },
-    Audit(AuditEntry),
+    Inbox(inbox::InboxWrite),
+    Outbox(outbox::OutboxWrite),
+    Agent(agent::AgentWrite),
+    Channel(channels::ChannelWrite),
 }
 
 impl Write {
@@ -110,8 +106,10 @@ impl Write {
     /// writer may index for search together after them.
     fn only_adds_messages(&self) -> bool {
         match self {
-            Write::Ingest(event) => matches!(event.body, EventBody::MessageReceived(_)),
-            Write::Send(_) => true,
+            Write::Inbox(inbox::InboxWrite::Ingest { event, .. }) => {
+                matches!(event.body, EventBody::MessageReceived(_))
+            }
+            Write::Inbox(inbox::InboxWrite::Send(_)) => true,
             _ => false,
         }
     }
@@ -125,6 +123,12 @@ pub(crate) enum Written {
         message_id: MessageId,
         duplicate: bool,
     },
+    /// Whether a receipt was new.
+    Recorded {
+        new: bool,
+    },
+    Pairing(PairingTicket),
+    Fact(moltbot_protocol::ids::FactId),
     Done,
 }
 
@@ -139,6 +143,8 @@ pub struct Store {
     commands: mpsc::Sender<Command>,
     /// Woken after a commit that queued outbound messages.
     outbox_ready: Arc<Notify>,
+    /// Woken after a commit that queued agent runs.
+    runs_ready: Arc<Notify>,
 }
 
 /// The running writer, publisher and checkpointer.
@@ -177,6 +183,7 @@ impl Store {
         config: &StoreConfig,
         bus: Bus,
         metrics: Arc<Metrics>,
+        policy: watch::Receiver<RunPolicy>,
     ) -> Result<(Store, WriterHandle), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_path_buf(),
@@ -205,12 +212,15 @@ impl Store {
         let (published, committed) = mpsc::channel(64);
         let (wal_grew, committed_pages) = mpsc::channel(1);
         let outbox_ready = Arc::new(Notify::new());
+        let runs_ready = Arc::new(Notify::new());
         let writer = write::Writer {
             bus: bus.clone(),
             published,
             wal_grew,
             metrics,
             outbox_ready: outbox_ready.clone(),
+            runs_ready: runs_ready.clone(),
+            policy,
             max_batch: config.max_batch,
             ids: Generator::new(),
             indexed_up_to: write::last_message_seq(&conn)?,
@@ -224,6 +234,7 @@ impl Store {
                 reads,
                 commands: commands.clone(),
                 outbox_ready,
+                runs_ready,
             },
             WriterHandle {
                 writer,
@@ -245,7 +256,11 @@ impl Store {
 
     /// Stores a canonical event once per dedupe key.
     pub async fn ingest(&self, event: Event) -> Result<IngestOutcome, StoreError> {
-        match self.submit(Write::Ingest(Box::new(event))).await? {
+        let write = inbox::InboxWrite::Ingest {
+            event: Box::new(event),
+            receipt: None,
+        };
+        match self.submit(Write::Inbox(write)).await? {
             Written::Ingested(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -253,7 +268,10 @@ impl Store {
 
     /// Records an outbound message and its outbox row; the same txn id returns the same message.
     pub async fn send(&self, message: OutboundMessage) -> Result<(MessageId, bool), StoreError> {
-        match self.submit(Write::Send(message)).await? {
+        match self
+            .submit(Write::Inbox(inbox::InboxWrite::Send(message)))
+            .await?
+        {
             Written::Sent {
                 message_id,
                 duplicate,
@@ -267,10 +285,10 @@ impl Store {
         conversation_id: ConversationId,
         pinned: bool,
     ) -> Result<(), StoreError> {
-        self.submit(Write::SetPinned {
+        self.submit(Write::Inbox(inbox::InboxWrite::SetPinned {
             conversation_id,
             pinned,
-        })
+        }))
         .await
         .map(drop)
     }
@@ -280,35 +298,30 @@ impl Store {
         conversation_id: ConversationId,
         up_to: Option<MessageId>,
     ) -> Result<(), StoreError> {
-        self.submit(Write::MarkRead {
+        self.submit(Write::Inbox(inbox::InboxWrite::MarkRead {
             conversation_id,
             up_to,
-        })
-        .await
-        .map(drop)
-    }
-
-    pub async fn mark_delivered(
-        &self,
-        message_id: MessageId,
-        provider_message_id: Option<String>,
-    ) -> Result<(), StoreError> {
-        self.submit(Write::MarkDelivered {
-            message_id,
-            provider_message_id,
-        })
+        }))
         .await
         .map(drop)
     }
 
     pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.submit(Write::Audit(entry)).await.map(drop)
+        self.submit(Write::Inbox(inbox::InboxWrite::Audit(entry)))
+            .await
+            .map(drop)
     }
 
     /// Resolves after a commit that queued outbound messages (or at once if one happened
     /// since the last call).
     pub async fn outbox_ready(&self) {
         self.outbox_ready.notified().await
+    }
+
+    /// Resolves after a commit that queued agent runs (or at once if one happened since the
+    /// last call).
+    pub async fn runs_ready(&self) {
+        self.runs_ready.notified().await
     }
 
     /// True while the writer accepts work.

@@ -4,20 +4,23 @@
 
 use std::collections::BTreeSet;
 
-use moltbot_protocol::ids::{ConversationId, MessageId};
+use moltbot_protocol::ids::{ConversationId, MessageId, RunId};
 use moltbot_protocol::inbox::ServerFrame;
 use sqlx::SqlitePool;
 use tokio::sync::mpsc;
 
-use super::read;
+use super::{agent, channels, read};
 use crate::bus::Bus;
 
 /// What a committed write changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Change {
     MessageCreated(MessageId),
     MessageUpdated(MessageId),
     ConversationUpdated(ConversationId),
+    RunUpdated(RunId),
+    /// A connection's health, by connection name.
+    ConnectionUpdated(String),
 }
 
 /// The changes of one committed group, each once.
@@ -34,16 +37,22 @@ pub(super) async fn run(reads: SqlitePool, bus: Bus, mut committed: mpsc::Receiv
             }
         };
         for change in changes {
-            let frame = match change {
-                Change::MessageCreated(id) => read::message(&mut conn, id)
+            let frame = match &change {
+                Change::MessageCreated(id) => read::message(&mut conn, *id)
                     .await
-                    .map(|m| (m.conversation_id, ServerFrame::MessageCreated(m))),
-                Change::MessageUpdated(id) => read::message(&mut conn, id)
+                    .map(|m| (Some(m.conversation_id), ServerFrame::MessageCreated(m))),
+                Change::MessageUpdated(id) => read::message(&mut conn, *id)
                     .await
-                    .map(|m| (m.conversation_id, ServerFrame::MessageUpdated(m))),
-                Change::ConversationUpdated(id) => read::conversation(&mut conn, id)
+                    .map(|m| (Some(m.conversation_id), ServerFrame::MessageUpdated(m))),
+                Change::ConversationUpdated(id) => read::conversation(&mut conn, *id)
                     .await
-                    .map(|c| (c.id, ServerFrame::ConversationUpdated(c))),
+                    .map(|c| (Some(c.id), ServerFrame::ConversationUpdated(c))),
+                Change::RunUpdated(id) => agent::run(&mut conn, *id)
+                    .await
+                    .map(|r| (Some(r.conversation_id), ServerFrame::AgentRun(r))),
+                Change::ConnectionUpdated(name) => channels::connection_status(&mut conn, name)
+                    .await
+                    .map(|c| (None, ServerFrame::ConnectionState(c))),
             };
             match frame {
                 Ok((conversation_id, frame)) => bus.publish(conversation_id, frame),

@@ -19,7 +19,7 @@ const MESSAGE_COLUMNS: &str = "SELECT m.seq, m.id, m.conversation_id, m.directio
            FROM attachments a WHERE a.message_id = m.id) AS attachments";
 
 const CONVERSATION_COLUMNS: &str = "SELECT id, channel, connection, provider_id, kind, title, pinned, unread_count,
-        last_message_at, last_message_preview, last_activity_at, created_at, updated_at FROM conversations";
+        last_message_at, last_message_preview, last_activity_at, created_at, updated_at, agent_mode FROM conversations";
 
 #[derive(FromRow)]
 struct MessageRow {
@@ -96,6 +96,7 @@ struct ConversationRow {
     last_activity_at: i64,
     created_at: i64,
     updated_at: i64,
+    agent_mode: Option<String>,
 }
 
 impl ConversationRow {
@@ -128,6 +129,10 @@ impl ConversationRow {
             last_message_preview: self.last_message_preview,
             created_at: from_ms(self.created_at)?,
             updated_at: from_ms(self.updated_at)?,
+            agent_mode: self
+                .agent_mode
+                .map(|m| m.parse().map_err(|e| StoreError::Corrupt(format!("{e}"))))
+                .transpose()?,
         })
     }
 }
@@ -138,15 +143,6 @@ pub struct ConversationFilter {
     pub channel: Option<String>,
     pub pinned: Option<bool>,
     pub unread: Option<bool>,
-}
-
-/// An outbound message waiting for delivery.
-#[derive(Clone, Debug)]
-pub struct OutboxItem {
-    pub message_id: MessageId,
-    pub conversation_id: ConversationId,
-    pub connection: String,
-    pub text: Option<String>,
 }
 
 fn encode_cursor(raw: &str) -> String {
@@ -335,29 +331,6 @@ impl Store {
                 })
             },
         )
-    }
-
-    /// Queued outbound messages, oldest first.
-    pub async fn due_outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
-        let rows: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT o.message_id, m.conversation_id, o.connection, m.text FROM outbox o
-             JOIN messages m ON m.id = o.message_id
-             WHERE o.state = 'queued' AND o.next_attempt_at <= ? ORDER BY o.next_attempt_at, o.message_id LIMIT ?",
-        )
-        .bind(super::ms(jiff::Timestamp::now()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reads)
-        .await?;
-        rows.into_iter()
-            .map(|(message_id, conversation_id, connection, text)| {
-                Ok(OutboxItem {
-                    message_id: parse_id(&message_id)?,
-                    conversation_id: parse_id(&conversation_id)?,
-                    connection,
-                    text,
-                })
-            })
-            .collect()
     }
 }
 

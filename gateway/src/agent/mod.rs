@@ -1,0 +1,467 @@
+//! Pi, the agent: answers conversations through any OpenAI-compatible model.
+//!
+//! A new message in a conversation whose mode is `draft` or `autopilot` queues a run in the
+//! same transaction as the message (see [`crate::store`]). The scheduler here runs queued
+//! runs oldest first, one at a time per conversation and up to `agent.max_concurrent_runs`
+//! at once. A run checks the day's token budget, builds its prompt within the context
+//! budget (folding old history into a rolling summary when it no longer fits), calls the
+//! model with the tenant's allowed tools, streams the text to inbox subscribers, and writes
+//! its outcome together with its reply. Stopping the gateway abandons runs in flight
+//! without an outcome, so they run again at the next start: nobody gets a "please retry".
+
+mod context;
+mod model;
+mod tools;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::{Timestamp, tz::TimeZone};
+use moltbot_protocol::ids::ConversationId;
+use moltbot_protocol::inbox::{AgentDelta, RunState, ServerFrame};
+use thiserror::Error;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::context::{ContextInput, HistoryMessage, Overflow};
+use self::model::{ChatMessage, ChatRequest, ModelClient, ModelError, StreamEvent, Turn, Usage};
+use crate::bus::Bus;
+use crate::channels::Connectors;
+use crate::config::{AgentConfig, Config, ModelConfig};
+use crate::metrics::{Metrics, ResultLabels, TokenLabels};
+use crate::store::{QueuedRun, RunFinish, RunOutcome, RunPolicy, RunUsage, Store, StoreError};
+
+/// Messages read for a run's prompt before the context budget trims them.
+const HISTORY_MESSAGES: u32 = 200;
+/// Longest sleep of the scheduler and the follow-up timer when nothing wakes them.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// What a new message queues, from the config.
+pub fn run_policy(config: &AgentConfig) -> RunPolicy {
+    RunPolicy {
+        enabled: config.model.is_some(),
+        default_mode: config.default_mode,
+        require_mention_in_groups: config.require_mention_in_groups,
+    }
+}
+
+#[derive(Debug, Error)]
+enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Budget(String),
+}
+
+/// The model client, and the config it was built for (a reload may change it).
+type CachedModel = (ModelConfig, Arc<ModelClient>);
+
+/// The agent's shared parts.
+#[derive(Clone)]
+pub struct Agent {
+    store: Store,
+    bus: Bus,
+    connectors: Connectors,
+    metrics: Arc<Metrics>,
+    config: watch::Receiver<Arc<Config>>,
+    model: Arc<Mutex<Option<CachedModel>>>,
+    follow_ups_changed: Arc<Notify>,
+}
+
+impl Agent {
+    pub fn new(
+        store: Store,
+        bus: Bus,
+        connectors: Connectors,
+        metrics: Arc<Metrics>,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Self {
+        Self {
+            store,
+            bus,
+            connectors,
+            metrics,
+            config,
+            model: Arc::new(Mutex::new(None)),
+            follow_ups_changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Runs the scheduler and the follow-up timer until shutdown. Runs in flight are
+    /// abandoned without an outcome and run again at the next start.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let follow_ups = tokio::spawn(self.clone().follow_ups(shutdown.clone()));
+        let max = self.config.borrow().agent.max_concurrent_runs;
+        let mut in_flight: HashSet<ConversationId> = HashSet::new();
+        let mut tasks: JoinSet<ConversationId> = JoinSet::new();
+        loop {
+            while let Some(done) = tasks.try_join_next() {
+                finished(&mut in_flight, done);
+            }
+            if in_flight.len() < max {
+                match self.store.queued_runs((max * 4) as u32).await {
+                    Ok(runs) => {
+                        for run in runs {
+                            if in_flight.len() >= max {
+                                break;
+                            }
+                            if !in_flight.insert(run.conversation_id) {
+                                continue;
+                            }
+                            let agent = self.clone();
+                            tasks.spawn(async move {
+                                let conversation_id = run.conversation_id;
+                                agent.execute(run).await;
+                                conversation_id
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read queued agent runs"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.store.runs_ready() => {}
+                Some(done) = tasks.join_next() => finished(&mut in_flight, done),
+                _ = tokio::time::sleep(IDLE) => {}
+            }
+        }
+        if !tasks.is_empty() {
+            tracing::info!(
+                runs = tasks.len(),
+                "stopping agent runs in flight; they run again at the next start"
+            );
+        }
+        tasks.shutdown().await;
+        let _ = follow_ups.await;
+    }
+
+    fn model(&self, config: &ModelConfig) -> Result<Arc<ModelClient>, ModelError> {
+        let mut cached = self.model.lock().expect("model lock");
+        if let Some((built_for, client)) = cached.as_ref()
+            && same_model(built_for, config)
+        {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(ModelClient::new(config)?);
+        *cached = Some((config.clone(), client.clone()));
+        Ok(client)
+    }
+
+    async fn execute(&self, run: QueuedRun) {
+        let started = Instant::now();
+        let config = self.config.borrow().clone();
+        let mut usage = RunUsage::default();
+        // The trigger may have moved since the scheduler read it; answer the newest one.
+        let answered = match self.store.run_trigger(run.id).await {
+            Ok(Some(trigger)) => trigger,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "cannot read a queued run");
+                return;
+            }
+        };
+        self.announce_running(&run).await;
+        let outcome = match self.answer(&run, answered, &config, &mut usage).await {
+            Ok(outcome) => outcome,
+            Err(RunError::Store(e)) => {
+                // The store is failing; leave the run queued for a later attempt.
+                tracing::warn!(run_id = %run.id, error = %e, "agent run interrupted by the store");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "agent run failed");
+                RunOutcome::Failed(e.to_string())
+            }
+        };
+        let result = match &outcome {
+            RunOutcome::Reply(_) => "replied",
+            RunOutcome::Failed(_) => "failed",
+            RunOutcome::BudgetExhausted { .. } => "budget_exhausted",
+        };
+        for (kind, tokens) in [
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ] {
+            self.metrics
+                .agent_tokens
+                .get_or_create(&TokenLabels { kind })
+                .inc_by(tokens);
+        }
+        let finish = RunFinish {
+            run_id: run.id,
+            answered,
+            outcome,
+            usage,
+        };
+        match self.store.finish_run(finish).await {
+            Ok(()) => {
+                self.metrics
+                    .agent_runs
+                    .get_or_create(&ResultLabels { result })
+                    .inc();
+                self.metrics
+                    .agent_run_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "cannot record an agent run's outcome")
+            }
+        }
+    }
+
+    /// Tells inbox subscribers the run started, and the chat that a reply is coming.
+    async fn announce_running(&self, run: &QueuedRun) {
+        if let Ok(mut view) = self.store.run(run.id).await {
+            view.state = RunState::Running;
+            self.bus
+                .publish(Some(run.conversation_id), ServerFrame::AgentRun(view));
+        }
+    }
+
+    async fn answer(
+        &self,
+        run: &QueuedRun,
+        answered: moltbot_protocol::ids::MessageId,
+        config: &Config,
+        usage: &mut RunUsage,
+    ) -> Result<RunOutcome, RunError> {
+        let agent = &config.agent;
+        let Some(model_config) = &agent.model else {
+            return Ok(RunOutcome::Failed(
+                "no model is configured (agent.model)".into(),
+            ));
+        };
+        let day_start = Timestamp::now()
+            .to_zoned(TimeZone::UTC)
+            .start_of_day()
+            .map_err(|e| RunError::Budget(e.to_string()))?
+            .timestamp();
+        let spent = self.store.tokens_since(day_start).await?;
+        if spent >= agent.tokens_per_day {
+            return Ok(RunOutcome::BudgetExhausted {
+                reply: agent.budget_exhausted_reply.clone(),
+                day: day_start.strftime("%Y-%m-%d").to_string(),
+                tokens_used: spent,
+                tokens_per_day: agent.tokens_per_day,
+            });
+        }
+        let model = self.model(model_config)?;
+        usage.model = Some(model.model().to_string());
+        let mut context = self
+            .store
+            .run_context(run.conversation_id, Some(answered), HISTORY_MESSAGES)
+            .await?;
+        if let Some(connector) = self.connectors.get(&context.connection)
+            && connector.typing().is_some()
+        {
+            let connector = connector.clone();
+            let chat = context.chat.clone();
+            tokio::spawn(async move {
+                if let Some(typing) = connector.typing() {
+                    let _ = typing.typing(&chat).await;
+                }
+            });
+        }
+        let mut history: Vec<HistoryMessage> = context
+            .history
+            .iter()
+            .map(|h| HistoryMessage {
+                seq: h.seq,
+                inbound: h.inbound,
+                sender: h.sender.clone(),
+                text: h.text.clone(),
+            })
+            .collect();
+        let mut summary = context.summary.take().map(|(text, _)| text);
+        let input = |summary: Option<&str>, history: &[HistoryMessage]| {
+            context::build(&ContextInput {
+                system_prompt: &agent.system_prompt,
+                facts: &context.facts,
+                summary,
+                history,
+                budget_tokens: agent.context_tokens,
+                reply_tokens: agent.max_reply_tokens,
+                now: Timestamp::now(),
+                conversation_title: context.conversation_title.as_deref(),
+            })
+        };
+        let mut built = input(summary.as_deref(), &history);
+        if let Some(Overflow { up_to_seq, .. }) = built.overflow {
+            let (older, newer): (Vec<_>, Vec<_>) =
+                history.into_iter().partition(|h| h.seq <= up_to_seq);
+            let request =
+                context::summary_request(summary.as_deref(), &older, agent.max_reply_tokens);
+            let turn = self.turn(&model, &request, agent, usage, None).await?;
+            let text = turn.text.unwrap_or_default();
+            self.store
+                .save_summary(run.conversation_id, text.clone(), up_to_seq)
+                .await?;
+            summary = Some(text);
+            history = newer;
+            built = input(summary.as_deref(), &history);
+        }
+        let toolbox = tools::Toolbox {
+            store: &self.store,
+            run_id: run.id,
+            conversation_id: run.conversation_id,
+            allowed: &agent.tools,
+            follow_ups_changed: &self.follow_ups_changed,
+        };
+        let mut messages = built.messages;
+        let specs = toolbox.specs();
+        for round in 0..=agent.max_tool_rounds {
+            let last_round = round == agent.max_tool_rounds;
+            let request = ChatRequest {
+                messages: messages.clone(),
+                // On the last round the model must answer in words.
+                tools: if last_round {
+                    Vec::new()
+                } else {
+                    specs.clone()
+                },
+                max_tokens: agent.max_reply_tokens,
+            };
+            let turn = self.turn(&model, &request, agent, usage, Some(run)).await?;
+            if turn.tool_calls.is_empty() || last_round {
+                return match turn.text.filter(|t| !t.trim().is_empty()) {
+                    Some(text) => Ok(RunOutcome::Reply(text)),
+                    None => {
+                        Err(ModelError::Invalid("the model answered with no text".into()).into())
+                    }
+                };
+            }
+            messages.push(ChatMessage::Assistant {
+                text: turn.text.clone(),
+                tool_calls: turn.tool_calls.clone(),
+            });
+            for call in &turn.tool_calls {
+                let content = toolbox.call(&call.name, &call.arguments).await?;
+                messages.push(ChatMessage::Tool {
+                    call_id: call.id.clone(),
+                    content,
+                });
+            }
+        }
+        // Only reached with `max_tool_rounds` rounds that all called tools.
+        Err(ModelError::Invalid("the model kept calling tools".into()).into())
+    }
+
+    /// One model call within the run's token budget; streams text to subscribers when the
+    /// run is given.
+    async fn turn(
+        &self,
+        model: &ModelClient,
+        request: &ChatRequest,
+        agent: &AgentConfig,
+        usage: &mut RunUsage,
+        streaming: Option<&QueuedRun>,
+    ) -> Result<Turn, RunError> {
+        let spent = usage.prompt_tokens + usage.completion_tokens;
+        let prompt: u64 = request
+            .messages
+            .iter()
+            .map(|m| u64::from(context::estimate_message_tokens(m)))
+            .sum();
+        let remaining = agent.tokens_per_run.saturating_sub(spent + prompt);
+        if remaining < 16 {
+            return Err(RunError::Budget(format!(
+                "this run would exceed its budget of {} tokens",
+                agent.tokens_per_run
+            )));
+        }
+        let request = ChatRequest {
+            max_tokens: request
+                .max_tokens
+                .min(u32::try_from(remaining).unwrap_or(u32::MAX)),
+            ..request.clone()
+        };
+        let bus = &self.bus;
+        let mut on_event = |event: StreamEvent<'_>| {
+            let Some(run) = streaming else {
+                return;
+            };
+            let text = match event {
+                StreamEvent::Text(text) => text.to_string(),
+                // Subscribers drop what they have when an empty delta follows a restart.
+                StreamEvent::Restart => String::new(),
+            };
+            if bus.has_subscribers() {
+                bus.publish(
+                    Some(run.conversation_id),
+                    ServerFrame::AgentDelta(AgentDelta {
+                        run_id: run.id,
+                        conversation_id: run.conversation_id,
+                        text,
+                    }),
+                );
+            }
+        };
+        let result = model.complete(&request, &mut on_event).await;
+        let turn = result?;
+        add_usage(usage, turn.usage, model);
+        Ok(turn)
+    }
+
+    /// Fires due follow-ups: a nudge into the conversation that asked for it.
+    async fn follow_ups(self, shutdown: CancellationToken) {
+        loop {
+            match self.store.due_follow_ups(Timestamp::now()).await {
+                Ok(due) => {
+                    for follow_up in due {
+                        let text = format!("Reminder: {}", follow_up.note);
+                        if let Err(e) = self.store.fire_follow_up(follow_up.id, text).await {
+                            tracing::warn!(follow_up = %follow_up.id, error = %e, "cannot fire a follow-up");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read due follow-ups"),
+            }
+            let sleep = match self.store.next_follow_up().await {
+                Ok(Some(at)) => {
+                    let wait = at.as_millisecond() - Timestamp::now().as_millisecond();
+                    Duration::from_millis(u64::try_from(wait).unwrap_or(0)).min(IDLE)
+                }
+                _ => IDLE,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.follow_ups_changed.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+fn add_usage(usage: &mut RunUsage, turn: Usage, model: &ModelClient) {
+    usage.prompt_tokens += turn.prompt_tokens;
+    usage.completion_tokens += turn.completion_tokens;
+    usage.cost_micros += model.cost_micros(turn);
+}
+
+fn finished(
+    in_flight: &mut HashSet<ConversationId>,
+    done: Result<ConversationId, tokio::task::JoinError>,
+) {
+    match done {
+        Ok(id) => {
+            in_flight.remove(&id);
+        }
+        Err(e) if e.is_cancelled() => {}
+        Err(e) => tracing::error!(error = %e, "an agent run panicked"),
+    }
+}
+
+fn same_model(a: &ModelConfig, b: &ModelConfig) -> bool {
+    a.base_url == b.base_url
+        && a.model == b.model
+        && a.api_key == b.api_key
+        && a.timeout == b.timeout
+        && a.max_retries == b.max_retries
+        && a.prompt_price_per_million == b.prompt_price_per_million
+        && a.completion_price_per_million == b.completion_price_per_million
+}

@@ -1,0 +1,610 @@
+//! A gateway process with one Telegram connection, against the fake Bot API and the fake
+//! OpenAI-compatible model from `moltbot-fakes`: Pi answering, policies, webhooks,
+//! delivery retries and reconciliation, drafts, budgets, and crashes mid-burst.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gateway, TOKEN, write_config};
+use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig, Reply};
+use moltbot_fakes::telegram::{ChatSpec, Failure, FakeTelegram, FakeTelegramConfig, UserSpec};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+const BOT: &str = "123456:TEST-token_abc";
+
+struct Setup {
+    dir: TempDir,
+    telegram: FakeTelegram,
+    model: FakeOpenAi,
+}
+
+impl Setup {
+    async fn new(model_delay: Duration) -> Setup {
+        let telegram = FakeTelegram::start(FakeTelegramConfig::default())
+            .await
+            .unwrap();
+        telegram.add_bot(BOT, "pi_test_bot");
+        let model = FakeOpenAi::start(FakeOpenAiConfig {
+            delay: model_delay,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        Setup {
+            dir: tempfile::tempdir().unwrap(),
+            telegram,
+            model,
+        }
+    }
+
+    /// A gateway config: one Telegram connection (`connection` YAML is appended to it) and
+    /// the agent (`agent` YAML is appended to its section).
+    fn config(&self, connection: &str, agent: &str) -> std::path::PathBuf {
+        let yaml = format!(
+            "connections:\n  - type: telegram\n    name: tg\n    token: \"{BOT}\"\n    api_base: {}\n    poll_timeout: 1s\n    request_timeout: 500ms\n{connection}\
+             agent:\n  default_mode: autopilot\n  model:\n    base_url: {}\n    model: fake-pi\n    timeout: 5s\n    max_retries: 0\n{agent}",
+            self.telegram.base_url(),
+            self.model.base_url(),
+        );
+        write_config(self.dir.path(), &yaml)
+    }
+}
+
+fn ann() -> UserSpec {
+    UserSpec::new(42, "Ann")
+}
+
+async fn start(config: &std::path::Path) -> Gateway {
+    let config = config.to_path_buf();
+    tokio::task::spawn_blocking(move || Gateway::start(&config).0)
+        .await
+        .unwrap()
+}
+
+async fn get(gateway: &Gateway, path: &str) -> Value {
+    let response = reqwest::Client::new()
+        .get(gateway.url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "GET {path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+async fn post(gateway: &Gateway, path: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(gateway.url(path))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `probe` until it answers Some, for at most 10 s.
+async fn eventually<T>(
+    what: &str,
+    gateway: &Gateway,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn runs(gateway: &Gateway) -> Vec<Value> {
+    get(gateway, "/v1/agent/runs").await["items"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pi_answers_a_direct_message_and_the_run_is_recorded() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let gateway = start(&config).await;
+    setup
+        .model
+        .enqueue(Reply::Text("Hello Ann, Pi here.".into()));
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi Pi");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(sent[0].chat_id, 42);
+    assert_eq!(sent[0].text, "Hello Ann, Pi here.");
+    // The model saw the person's words.
+    let request = &setup.model.requests()[0];
+    assert!(request.to_string().contains("hi Pi"), "{request}");
+
+    let run = eventually("a succeeded run", &gateway, async || {
+        runs(&gateway)
+            .await
+            .into_iter()
+            .find(|r| r["state"] == "succeeded" && r["reply_message_id"].is_string())
+    })
+    .await;
+    assert!(run["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(run["completion_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(run["reply_text"], "Hello Ann, Pi here.");
+    // The reply is a message of the conversation, marked sent with Telegram's id.
+    let reply = eventually("the reply marked sent", &gateway, async || {
+        let message = get(
+            &gateway,
+            &format!("/v1/messages/{}", run["reply_message_id"].as_str().unwrap()),
+        )
+        .await;
+        (message["status"] == "sent").then_some(message)
+    })
+    .await;
+    assert_eq!(reply["provider_message_id"], sent[0].message_id.to_string());
+
+    let status = get(&gateway, "/status").await;
+    let tg = &status["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "tg")
+        .cloned()
+        .unwrap();
+    assert_eq!(tg["state"], "connected", "{status}");
+    assert_eq!(status["agent"]["enabled"], true);
+    assert!(status["agent"]["tokens_today"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malformed_update_is_skipped_and_polling_moves_on() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let gateway = start(&config).await;
+    setup.telegram.push_raw_update(
+        BOT,
+        json!({"message": {"message_id": "not a number", "chat": 5}}),
+    );
+    setup.model.enqueue(Reply::Text("still here".into()));
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "after the bad one");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(sent[0].text, "still here");
+    assert_eq!(
+        setup.telegram.pending_updates(BOT),
+        0,
+        "both updates confirmed"
+    );
+    let metrics = reqwest::get(gateway.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"gateway_channel_updates_total{connection="tg",outcome="rejected"} 1"#),
+        "{metrics}"
+    );
+    // Only the good message is in the inbox.
+    let conversations = get(&gateway, "/v1/conversations").await;
+    let tg: Vec<&Value> = conversations["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["channel"] == "telegram")
+        .collect();
+    assert_eq!(tg.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_webhooks_are_refused_and_redeliveries_change_nothing() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let secret = "hook-secret_123";
+    let config = setup.config(
+        &format!("    mode: webhook\n    dm_policy: open\n    webhook:\n      public_url: http://127.0.0.1:9\n      secret: {secret}\n"),
+        "",
+    );
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("default_mode: autopilot", "default_mode: \"off\"");
+    std::fs::write(&config, yaml).unwrap();
+    let gateway = start(&config).await;
+    eventually("the webhook registered", &gateway, async || {
+        setup
+            .telegram
+            .webhook(BOT)
+            .filter(|w| w.url.ends_with("/hooks/tg"))
+    })
+    .await;
+    let update = json!({
+        "update_id": 777,
+        "message": {"message_id": 1, "date": 1_790_000_000, "text": "via webhook",
+                    "chat": {"id": 42, "type": "private", "first_name": "Ann"},
+                    "from": {"id": 42, "is_bot": false, "first_name": "Ann"}}
+    });
+    let client = reqwest::Client::new();
+    let deliver = async |secret: Option<&str>| {
+        let mut request = client.post(gateway.url("/hooks/tg")).json(&update);
+        if let Some(secret) = secret {
+            request = request.header("X-Telegram-Bot-Api-Secret-Token", secret);
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(deliver(None).await, 401);
+    assert_eq!(deliver(Some("wrong-secret")).await, 401);
+    let conversations = get(&gateway, "/v1/conversations?channel=telegram").await;
+    assert!(
+        conversations["items"].as_array().unwrap().is_empty(),
+        "a forged update stored nothing"
+    );
+    assert_eq!(deliver(Some(secret)).await, 200);
+    assert_eq!(
+        deliver(Some(secret)).await,
+        200,
+        "a redelivery is acknowledged"
+    );
+    let conversations = get(&gateway, "/v1/conversations?channel=telegram").await;
+    let items = conversations["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    let messages = get(
+        &gateway,
+        &format!(
+            "/v1/conversations/{}/messages",
+            items[0]["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        messages["items"].as_array().unwrap().len(),
+        1,
+        "stored once"
+    );
+    let bad = client
+        .post(gateway.url("/hooks/tg"))
+        .header("X-Telegram-Bot-Api-Secret-Token", secret)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unknown_sender_gets_a_pairing_code_and_is_let_in_once_approved() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: pairing\n", "");
+    let gateway = start(&config).await;
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hello?");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    let requests = get(&gateway, "/v1/pairing").await;
+    let request = &requests.as_array().unwrap()[0];
+    let code = request["code"].as_str().unwrap().to_string();
+    assert!(sent[0].text.contains(&code), "{}", sent[0].text);
+    assert_eq!(request["state"], "pending");
+    assert_eq!(request["display_name"], "Ann");
+    assert_eq!(
+        setup.model.request_count(),
+        0,
+        "an unpaired sender never reaches Pi"
+    );
+    assert!(
+        get(&gateway, "/v1/conversations?channel=telegram").await["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let (status, _) = post(&gateway, "/v1/pairing/NOSUCHCODE/approve", json!({})).await;
+    assert_eq!(status, 404);
+    let (status, approved) = post(
+        &gateway,
+        &format!("/v1/pairing/{}/approve", code.to_lowercase()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(approved["state"], "approved");
+    setup.model.enqueue(Reply::Text("Welcome!".into()));
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "it's me");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 2, "{}", gateway.log_text());
+    assert_eq!(sent[1].text, "Welcome!");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_replies_are_split_and_rate_limits_are_obeyed() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config(
+        "    dm_policy: open\n",
+        "  context_tokens: 8000\n  max_reply_tokens: 4000\n",
+    );
+    let gateway = start(&config).await;
+    let long = "word ".repeat(1200).trim_end().to_string();
+    setup.model.enqueue(Reply::Text(long.clone()));
+    setup.telegram.fail_next(
+        BOT,
+        "sendMessage",
+        Failure::TooManyRequests { retry_after: 1 },
+    );
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "tell me a lot");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 2, "{}", gateway.log_text());
+    assert!(sent.iter().all(|m| m.text.encode_utf16().count() <= 4096));
+    assert_eq!(
+        format!("{} {}", sent[0].text, sent[1].text),
+        long,
+        "nothing lost at the break"
+    );
+    let calls = setup.telegram.calls(BOT);
+    let sends: Vec<_> = calls.iter().filter(|c| c.method == "sendMessage").collect();
+    assert_eq!(sends.len(), 3, "one 429, then two parts");
+    assert_eq!(sends[0].status, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_send_that_timed_out_after_arriving_is_reconciled_not_sent_twice() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let gateway = start(&config).await;
+    setup.model.enqueue(Reply::Text("only once please".into()));
+    setup.telegram.fail_next(
+        BOT,
+        "sendMessage",
+        Failure::Stall {
+            after_apply: true,
+            duration: Duration::from_secs(3),
+        },
+    );
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
+    let message = eventually("the reply marked sent", &gateway, async || {
+        let run = runs(&gateway)
+            .await
+            .into_iter()
+            .find(|r| r["reply_message_id"].is_string())?;
+        let message = get(
+            &gateway,
+            &format!("/v1/messages/{}", run["reply_message_id"].as_str().unwrap()),
+        )
+        .await;
+        (message["status"] == "sent").then_some(message)
+    })
+    .await;
+    let sent = setup.telegram.sent(BOT);
+    assert_eq!(sent.len(), 1, "delivered exactly once: {sent:?}");
+    assert_eq!(
+        message["provider_message_id"],
+        sent[0].message_id.to_string()
+    );
+    let probes: Vec<_> = setup
+        .telegram
+        .calls(BOT)
+        .into_iter()
+        .filter(|c| c.method == "editMessageText")
+        .collect();
+    assert!(!probes.is_empty(), "the ambiguous send was probed");
+    assert!(sent.iter().all(|m| !m.edited), "probing changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drafts_wait_for_approval_and_model_failures_are_visible() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "").to_path_buf();
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("default_mode: autopilot", "default_mode: draft");
+    std::fs::write(&config, yaml).unwrap();
+    let gateway = start(&config).await;
+    setup.model.enqueue(Reply::Text("a careful draft".into()));
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "can we meet?");
+    let draft = eventually("a draft", &gateway, async || {
+        runs(&gateway)
+            .await
+            .into_iter()
+            .find(|r| r["state"] == "awaiting_approval")
+    })
+    .await;
+    assert_eq!(draft["reply_text"], "a careful draft");
+    assert!(setup.telegram.sent(BOT).is_empty(), "a draft is not sent");
+    let id = draft["id"].as_str().unwrap();
+    let (status, approved) = post(
+        &gateway,
+        &format!("/v1/agent/runs/{id}/approve"),
+        json!({"text": "Yes, at 5."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{approved}");
+    assert_eq!(approved["state"], "succeeded");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent[0].text, "Yes, at 5.");
+    let (status, again) = post(&gateway, &format!("/v1/agent/runs/{id}/approve"), json!({})).await;
+    assert_eq!(status, 409, "{again}");
+
+    // A model that refuses the request: the run fails visibly, ingestion goes on.
+    setup.model.enqueue(Reply::Error {
+        status: 401,
+        code: "invalid_api_key".into(),
+        message: "Incorrect API key provided".into(),
+        retry_after: None,
+    });
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "are you there?");
+    let failed = eventually("a failed run", &gateway, async || {
+        runs(&gateway)
+            .await
+            .into_iter()
+            .find(|r| r["state"] == "failed")
+    })
+    .await;
+    assert!(
+        failed["error"].as_str().unwrap().contains("API key"),
+        "{failed}"
+    );
+    let conversation = failed["conversation_id"].as_str().unwrap();
+    let messages = get(
+        &gateway,
+        &format!("/v1/conversations/{conversation}/messages"),
+    )
+    .await;
+    assert!(
+        messages["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["text"] == "are you there?")
+    );
+    assert_eq!(
+        setup.telegram.sent(BOT).len(),
+        1,
+        "nothing sent for the failed run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exhausted_daily_budget_gets_one_polite_reply() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config(
+        "    dm_policy: open\n",
+        "  tokens_per_day: 1\n  budget_exhausted_reply: Out of juice for today.\n",
+    );
+    let gateway = start(&config).await;
+    setup.model.enqueue(Reply::Text("first answer".into()));
+    for (n, text) in ["one", "two", "three"].into_iter().enumerate() {
+        setup
+            .telegram
+            .user_sends(BOT, &ChatSpec::private(42), &ann(), text);
+        let expected = n.min(1) + 1;
+        eventually("the run to finish", &gateway, async || {
+            let done = runs(&gateway)
+                .await
+                .iter()
+                .filter(|r| r["state"] != "queued")
+                .count();
+            (done == n + 1).then_some(())
+        })
+        .await;
+        let sent = setup
+            .telegram
+            .wait_for_sent(BOT, expected, Duration::from_secs(5))
+            .await;
+        assert_eq!(sent.len(), expected, "after message {text}: {sent:?}");
+    }
+    let sent = setup.telegram.sent(BOT);
+    assert_eq!(sent[0].text, "first answer");
+    assert_eq!(sent[1].text, "Out of juice for today.");
+    assert_eq!(
+        setup.model.request_count(),
+        1,
+        "no model call once the budget is spent"
+    );
+    let states: Vec<Value> = runs(&gateway)
+        .await
+        .iter()
+        .map(|r| r["state"].clone())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "budget_exhausted").count(),
+        2
+    );
+}
+
+/// Thirty people write at once to a 2 s model; the gateway is stopped (`signal`) while the
+/// answers are being written, then started again: everyone gets exactly one real answer.
+async fn burst_survives(signal: i32) {
+    const PEOPLE: i64 = 30;
+    let setup = Setup::new(Duration::from_secs(2)).await;
+    let config = setup.config("    dm_policy: open\n", "  max_concurrent_runs: 64\n");
+    let mut gateway = start(&config).await;
+    for person in 1..=PEOPLE {
+        setup.telegram.user_sends(
+            BOT,
+            &ChatSpec::private(person),
+            &UserSpec::new(person, "Person"),
+            &format!("question {person}"),
+        );
+    }
+    eventually("every run at the model", &gateway, async || {
+        (setup.model.in_flight() as i64 >= PEOPLE / 2).then_some(())
+    })
+    .await;
+    gateway.signal(signal);
+    gateway.wait(Duration::from_secs(15));
+    let restarted = start(&config).await;
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, PEOPLE as usize, Duration::from_secs(20))
+        .await;
+    // Anything sent twice would show up by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = if sent.len() == PEOPLE as usize {
+        setup.telegram.sent(BOT)
+    } else {
+        sent
+    };
+    assert_eq!(sent.len(), PEOPLE as usize, "{}", restarted.log_text());
+    for person in 1..=PEOPLE {
+        let to: Vec<_> = sent.iter().filter(|m| m.chat_id == person).collect();
+        assert_eq!(to.len(), 1, "person {person} got {to:?}");
+        assert!(
+            to[0].text.contains(&format!("question {person}")),
+            "a real answer: {}",
+            to[0].text
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_burst_then_restart_answers_everyone_once() {
+    burst_survives(libc::SIGKILL).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_burst_then_restart_answers_everyone_once() {
+    burst_survives(libc::SIGTERM).await;
+}
