@@ -402,6 +402,28 @@ impl FakeTelegram {
         self.read_bot(token, Bot::sent_messages)
     }
 
+    /// Waits until the bot has sent more than `from` messages (or `timeout` passes) and returns
+    /// those after the first `from`: a cheap way to follow a long run of sends.
+    pub async fn sent_after(
+        &self,
+        token: &str,
+        from: usize,
+        timeout: Duration,
+    ) -> Vec<SentMessage> {
+        let mut changes = self.inner.shared.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let sent = self.read_bot(token, |bot| bot.sent_messages_from(from));
+            if !sent.is_empty() {
+                return sent;
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return sent },
+                () = tokio::time::sleep_until(deadline) => return Vec::new(),
+            }
+        }
+    }
+
     /// The messages the bot sent to one chat, in order.
     pub fn sent_to(&self, token: &str, chat_id: i64) -> Vec<SentMessage> {
         let mut sent = self.sent(token);

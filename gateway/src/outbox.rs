@@ -77,8 +77,9 @@ pub async fn run(
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
         }
+        // A row due already belongs to a conversation in flight: its task's end wakes us.
         let sleep = match store.next_outbox_due().await {
-            Ok(Some(at)) => until(at).min(POLL),
+            Ok(Some(at)) if at > Timestamp::now() => until(at).min(POLL),
             _ => POLL,
         };
         tokio::select! {

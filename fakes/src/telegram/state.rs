@@ -403,8 +403,14 @@ impl Bot {
     }
 
     pub(super) fn sent_messages(&self) -> Vec<SentMessage> {
+        self.sent_messages_from(0)
+    }
+
+    /// The bot's messages from the `from`-th on.
+    pub(super) fn sent_messages_from(&self, from: usize) -> Vec<SentMessage> {
         self.sent
             .iter()
+            .skip(from)
             .filter_map(|&(chat_id, message_id)| {
                 let message = &self.chats.get(&chat_id)?.messages.get(&message_id)?.message;
                 let text = match &message.content {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::http::HeaderMap;
 use bytes::Bytes;
+use futures_util::future::join_all;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use moltbot_protocol::event::{ConnectionState, ConversationKind, EventBody, Source};
 use moltbot_protocol::{Channel, Event};
@@ -247,10 +248,13 @@ impl Telegram {
             };
             backoff = Backoff::default();
             self.health.report(ConnectionState::Connected, None).await;
+            // The whole batch goes to the store at once, so it commits as one group; the
+            // offset then moves past the updates handled before the first that failed.
+            let ids: Vec<i64> = updates.iter().map(|u| u.update_id).collect();
+            let results = join_all(updates.into_iter().map(|u| self.handle(u))).await;
             let mut handled = None;
-            for update in updates {
-                let id = update.update_id;
-                if let Err(e) = self.handle(update).await {
+            for (id, result) in ids.into_iter().zip(results) {
+                if let Err(e) = result {
                     // Not stored and not skipped: the offset stays before it, so it comes again.
                     tracing::warn!(connection = %self.name, update_id = id, error = %e, "cannot store an update; it will be fetched again");
                     self.metrics.channel_update(&self.name, "held_back");

@@ -1,0 +1,228 @@
+//! Telegram and Pi figures of the real `moltbot-gateway` binary (release build) against the
+//! fake Bot API and the fake model from `moltbot-fakes`, both in this process:
+//!
+//! ```text
+//! cargo bench -p moltbot-gateway --bench telegram
+//! ```
+//!
+//! - **replies**: `BENCH_USERS` (100) people each write a DM, wait for Pi's answer, and
+//!   write again, for `BENCH_SECS` (10) s after a 2 s warm-up, with a model that answers at
+//!   once. Replies per second, and p50 / p99 / max time from the update being available to
+//!   the bot's `sendMessage` arriving: all of it is gateway overhead, since the model takes
+//!   no time (goals ≥ 1,000 replies/s, p99 ≤ 50 ms). Telegram's own limits (1 msg/s per
+//!   chat, 30/s overall) are lifted in this config, to measure the gateway, not Telegram.
+//! - **slow model**: the same people write once each to a 2 s model with
+//!   `agent.max_concurrent_runs` = `BENCH_LIMIT` (32); the highest number of model calls
+//!   in flight must equal the limit, and the burst takes about ⌈users / limit⌉ × 2 s.
+//!
+//! SIGKILL and SIGTERM mid-burst (30 DMs, 2 s model, restart: 30/30 answered once) are the
+//! tests `sigkill_mid_burst_…` and `sigterm_mid_burst_…` in `tests/telegram.rs`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, write_config};
+use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig};
+use moltbot_fakes::telegram::{ChatSpec, FakeTelegram, FakeTelegramConfig, UserSpec};
+use tokio::sync::Notify;
+
+const BOT: &str = "123456:BENCH-token";
+
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config(
+    dir: &std::path::Path,
+    telegram: &FakeTelegram,
+    model: &FakeOpenAi,
+    limit: u64,
+) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            "connections:\n  - type: telegram\n    name: tg\n    token: \"{BOT}\"\n    api_base: {}\n    poll_timeout: 1s\n    dm_policy: open\n    rate_limit:\n      per_chat_per_second: 100000\n      global_per_second: 100000\n\
+             store:\n  read_connections: 16\nagent:\n  default_mode: autopilot\n  max_concurrent_runs: {limit}\n  model:\n    base_url: {}\n    model: fake-pi\n    max_retries: 0\n",
+            telegram.base_url(),
+            model.base_url()
+        ),
+    )
+}
+
+async fn start(config: std::path::PathBuf) -> Gateway {
+    tokio::task::spawn_blocking(move || Gateway::start(&config).0)
+        .await
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// What the people are waiting for: per chat, when their message became available.
+#[derive(Default)]
+struct Waiting {
+    since: HashMap<i64, Instant>,
+    latencies: Vec<Duration>,
+    replies: u64,
+}
+
+async fn replies(users: i64, warmup: Duration, window: Duration) {
+    let telegram = FakeTelegram::start(FakeTelegramConfig::default())
+        .await
+        .unwrap();
+    telegram.add_bot(BOT, "pi_bench_bot");
+    let model = FakeOpenAi::start(FakeOpenAiConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(config(dir.path(), &telegram, &model, 256)).await;
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    let answered: Arc<Vec<Notify>> = Arc::new((0..=users).map(|_| Notify::new()).collect());
+    let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let observer = {
+        let (telegram, waiting, answered, measuring) = (
+            telegram.clone(),
+            waiting.clone(),
+            answered.clone(),
+            measuring.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                let new = telegram.sent_after(BOT, seen, Duration::from_secs(5)).await;
+                let now = Instant::now();
+                seen += new.len();
+                let mut waiting = waiting.lock().unwrap();
+                for message in new {
+                    if let Some(since) = waiting.since.remove(&message.chat_id)
+                        && measuring.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        waiting.latencies.push(now - since);
+                        waiting.replies += 1;
+                    }
+                    answered[message.chat_id as usize].notify_one();
+                }
+            }
+        })
+    };
+    let people: Vec<_> = (1..=users)
+        .map(|person| {
+            let (telegram, waiting, answered) =
+                (telegram.clone(), waiting.clone(), answered.clone());
+            tokio::spawn(async move {
+                let user = UserSpec::new(person, "Person");
+                let chat = ChatSpec::private(person);
+                for n in 0.. {
+                    waiting.lock().unwrap().since.insert(person, Instant::now());
+                    telegram.user_sends(BOT, &chat, &user, &format!("message {n}"));
+                    answered[person as usize].notified().await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(warmup).await;
+    {
+        let mut w = waiting.lock().unwrap();
+        w.latencies.clear();
+        w.replies = 0;
+    }
+    measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = started.elapsed();
+    let (mut latencies, count) = {
+        let w = waiting.lock().unwrap();
+        (w.latencies.clone(), w.replies)
+    };
+    for person in people {
+        person.abort();
+    }
+    observer.abort();
+    latencies.sort();
+    let rate = count as f64 / elapsed.as_secs_f64();
+    println!(
+        "replies: {users} users, instant model: {count} replies in {:.1} s = {rate:.0} replies/s (goal ≥ 1000){}",
+        elapsed.as_secs_f64(),
+        if rate >= 1000.0 { "" } else { "  GOAL MISSED" }
+    );
+    let p99 = percentile(&latencies, 0.99);
+    println!(
+        "  update → sendMessage: p50 {:.1} ms, p99 {:.1} ms (goal ≤ 50), max {:.1} ms{}",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        if p99 <= Duration::from_millis(50) {
+            ""
+        } else {
+            "  GOAL MISSED"
+        }
+    );
+    println!(
+        "  gateway RSS after the run: {:.1} MiB",
+        gateway.rss_kib() as f64 / 1024.0
+    );
+}
+
+async fn slow_model(users: i64, limit: u64) {
+    let telegram = FakeTelegram::start(FakeTelegramConfig::default())
+        .await
+        .unwrap();
+    telegram.add_bot(BOT, "pi_bench_bot");
+    let model = FakeOpenAi::start(FakeOpenAiConfig {
+        delay: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _gateway = start(config(dir.path(), &telegram, &model, limit)).await;
+    let started = Instant::now();
+    for person in 1..=users {
+        telegram.user_sends(
+            BOT,
+            &ChatSpec::private(person),
+            &UserSpec::new(person, "Person"),
+            "hello",
+        );
+    }
+    let sent = telegram
+        .wait_for_sent(BOT, users as usize, Duration::from_secs(120))
+        .await;
+    let took = started.elapsed();
+    let expected = (users as u64).div_ceil(limit) * 2;
+    println!(
+        "slow model: {users} users, 2 s model, limit {limit}: {} answered in {:.1} s (≈ {expected} s expected); most model calls at once: {}{}",
+        sent.len(),
+        took.as_secs_f64(),
+        model.max_in_flight(),
+        if model.max_in_flight() as u64 == limit.min(users as u64) {
+            ""
+        } else {
+            "  GOAL MISSED"
+        }
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let users = setting("BENCH_USERS", 100) as i64;
+    replies(
+        users,
+        Duration::from_secs(2),
+        Duration::from_secs(setting("BENCH_SECS", 10)),
+    )
+    .await;
+    slow_model(users, setting("BENCH_LIMIT", 32)).await;
+}
