@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod outbox;
 pub mod server;
 pub mod store;
+mod tasks;
 pub mod telemetry;

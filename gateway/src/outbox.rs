@@ -46,7 +46,7 @@ pub async fn run(
     let mut tasks: JoinSet<ConversationId> = JoinSet::new();
     loop {
         while let Some(done) = tasks.try_join_next() {
-            finished(&mut in_flight, done);
+            crate::tasks::finished(&mut in_flight, done);
         }
         match store.due_outbox(BATCH).await {
             Ok(items) => {
@@ -85,7 +85,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = store.outbox_ready() => {}
-            Some(done) = tasks.join_next() => finished(&mut in_flight, done),
+            Some(done) = tasks.join_next() => crate::tasks::finished(&mut in_flight, done),
             _ = tokio::time::sleep(sleep) => {}
         }
     }
@@ -98,19 +98,6 @@ pub async fn run(
         tracing::warn!(
             "deliveries still running at shutdown were cut off; they are reconciled at the next start"
         );
-    }
-}
-
-fn finished(
-    in_flight: &mut HashSet<ConversationId>,
-    done: Result<ConversationId, tokio::task::JoinError>,
-) {
-    match done {
-        Ok(id) => {
-            in_flight.remove(&id);
-        }
-        // A panicked delivery leaves its conversation marked; it is cleared on the next start.
-        Err(e) => tracing::error!(error = %e, "a delivery task failed"),
     }
 }
 

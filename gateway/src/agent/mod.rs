@@ -100,7 +100,7 @@ impl Agent {
         let mut tasks: JoinSet<ConversationId> = JoinSet::new();
         loop {
             while let Some(done) = tasks.try_join_next() {
-                finished(&mut in_flight, done);
+                crate::tasks::finished(&mut in_flight, done);
             }
             if in_flight.len() < max {
                 match self.store.queued_runs((max * 4) as u32).await {
@@ -126,7 +126,7 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.store.runs_ready() => {}
-                Some(done) = tasks.join_next() => finished(&mut in_flight, done),
+                Some(done) = tasks.join_next() => crate::tasks::finished(&mut in_flight, done),
                 _ = tokio::time::sleep(IDLE) => {}
             }
         }
@@ -441,19 +441,6 @@ fn add_usage(usage: &mut RunUsage, turn: Usage, model: &ModelClient) {
     usage.prompt_tokens += turn.prompt_tokens;
     usage.completion_tokens += turn.completion_tokens;
     usage.cost_micros += model.cost_micros(turn);
-}
-
-fn finished(
-    in_flight: &mut HashSet<ConversationId>,
-    done: Result<ConversationId, tokio::task::JoinError>,
-) {
-    match done {
-        Ok(id) => {
-            in_flight.remove(&id);
-        }
-        Err(e) if e.is_cancelled() => {}
-        Err(e) => tracing::error!(error = %e, "an agent run panicked"),
-    }
 }
 
 fn same_model(a: &ModelConfig, b: &ModelConfig) -> bool {

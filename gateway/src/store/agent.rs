@@ -425,21 +425,7 @@ fn announce_budget_exhausted(
         source,
         body: EventBody::AgentBudgetExhausted(body),
     };
-    let inserted = cx.execute(
-        "INSERT INTO events (id, type, dedupe_key, channel, connection, body, occurred_at, received_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
-        params![
-            event.id.to_string(),
-            event.event_type().as_str(),
-            event.dedupe_key().as_str(),
-            event.source.channel.as_str(),
-            event.source.connection,
-            event.to_json(),
-            ms(event.occurred_at),
-            cx.now,
-        ],
-    )?;
-    Ok(inserted == 1)
+    super::inbox::log_event(cx, &event, &event.dedupe_key())
 }
 
 /// A draft waiting for approval: its conversation, trigger and quoted reply target.

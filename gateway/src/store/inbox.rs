@@ -134,21 +134,8 @@ fn ingest(cx: &mut Ctx<'_>, event: &Event) -> Result<IngestOutcome, StoreError> 
         });
     }
 
-    let inserted = cx.execute(
-        "INSERT INTO events (id, type, dedupe_key, channel, connection, body, occurred_at, received_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
-        params![
-            event.id.to_string(),
-            event.event_type().as_str(),
-            key.as_str(),
-            event.source.channel.as_str(),
-            event.source.connection,
-            event.to_json(),
-            ms(event.occurred_at),
-            cx.now,
-        ],
-    )?;
-    if inserted == 0 {
+    let inserted = log_event(cx, event, &key)?;
+    if !inserted {
         let event_id: String = cx
             .conn
             .prepare_cached("SELECT id FROM events WHERE dedupe_key = ?")?
@@ -167,6 +154,29 @@ fn ingest(cx: &mut Ctx<'_>, event: &Event) -> Result<IngestOutcome, StoreError> 
         conversation_id,
         duplicate: false,
     })
+}
+
+/// Keeps a non-message event in the log once per dedupe key; false when it was there.
+pub(super) fn log_event(
+    cx: &Ctx<'_>,
+    event: &Event,
+    key: &moltbot_protocol::dedupe::DedupeKey,
+) -> Result<bool, StoreError> {
+    let inserted = cx.execute(
+        "INSERT INTO events (id, type, dedupe_key, channel, connection, body, occurred_at, received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedupe_key) DO NOTHING",
+        params![
+            event.id.to_string(),
+            event.event_type().as_str(),
+            key.as_str(),
+            event.source.channel.as_str(),
+            event.source.connection,
+            event.to_json(),
+            ms(event.occurred_at),
+            cx.now,
+        ],
+    )?;
+    Ok(inserted == 1)
 }
 
 /// What a non-message event does to the inbox. Edits and deletions of messages the store
