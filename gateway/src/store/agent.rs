@@ -266,15 +266,23 @@ fn found(rows: usize, what: &'static str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The conversation of a run, and its trigger's provider id and conversation kind (for a
-/// reply that quotes it in groups).
-fn run_target(
-    cx: &Ctx<'_>,
-    run_id: RunId,
-) -> Result<(ConversationId, String, MessageId, Option<String>, String), StoreError> {
+/// What the writer needs to know of a run to finish it or decide its draft.
+struct RunTarget {
+    conversation_id: ConversationId,
+    state: String,
+    mode: String,
+    trigger: MessageId,
+    /// The trigger's provider id when the reply should quote it (groups only: in a direct
+    /// chat a quote is only noise).
+    reply_to: Option<String>,
+    reply_text: Option<String>,
+}
+
+fn run_target(cx: &Ctx<'_>, run_id: RunId) -> Result<RunTarget, StoreError> {
     let row = cx
         .query_optional(
-            "SELECT r.conversation_id, r.state, r.trigger_message_id, m.provider_message_id, c.kind
+            "SELECT r.conversation_id, r.state, r.mode, r.trigger_message_id, m.provider_message_id, c.kind,
+                    r.reply_text
              FROM agent_runs r JOIN messages m ON m.id = r.trigger_message_id
              JOIN conversations c ON c.id = r.conversation_id WHERE r.id = ?",
             [run_id.to_string()],
@@ -283,38 +291,42 @@ fn run_target(
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
                 ))
             },
         )?
         .ok_or(StoreError::NotFound("agent run"))?;
-    let (conversation_id, state, trigger, provider_id, kind) = row;
-    // In a group the reply quotes what it answers; in a direct chat that is only noise.
-    let reply_to = (kind != ConversationKind::Dm.as_str())
-        .then_some(provider_id)
-        .flatten();
-    Ok((
-        parse_id(&conversation_id)?,
+    let (conversation_id, state, mode, trigger, provider_id, kind, reply_text) = row;
+    Ok(RunTarget {
+        conversation_id: parse_id(&conversation_id)?,
         state,
-        parse_id(&trigger)?,
-        reply_to,
-        kind,
-    ))
+        mode,
+        trigger: parse_id(&trigger)?,
+        reply_to: (kind != ConversationKind::Dm.as_str())
+            .then_some(provider_id)
+            .flatten(),
+        reply_text,
+    })
 }
 
 fn finish_run(cx: &mut Ctx<'_>, finish: &RunFinish) -> Result<Written, StoreError> {
     let run_id = finish.run_id;
-    let (conversation_id, state, current_trigger, reply_to, _) = run_target(cx, run_id)?;
+    let RunTarget {
+        conversation_id,
+        state,
+        mode,
+        trigger: current_trigger,
+        reply_to,
+        ..
+    } = run_target(cx, run_id)?;
     if state != "queued" {
         return Err(StoreError::Conflict(format!(
             "run {run_id} already finished ({state})"
         )));
     }
-    let mode: String = cx
-        .conn
-        .prepare_cached("SELECT mode FROM agent_runs WHERE id = ?")?
-        .query_row([run_id.to_string()], |r| r.get(0))?;
     let usage = &finish.usage;
     let (state, reply_text, reply_message_id, error) = match &finish.outcome {
         RunOutcome::Reply(text) if mode == AgentMode::Autopilot.as_str() => {
@@ -433,17 +445,14 @@ fn awaiting_draft(
     cx: &Ctx<'_>,
     run_id: RunId,
 ) -> Result<(ConversationId, Option<String>, Option<String>), StoreError> {
-    let (conversation_id, state, _, reply_to, _) = run_target(cx, run_id)?;
-    if state != "awaiting_approval" {
+    let target = run_target(cx, run_id)?;
+    if target.state != "awaiting_approval" {
         return Err(StoreError::Conflict(format!(
-            "run {run_id} has no draft waiting for approval (it is {state})"
+            "run {run_id} has no draft waiting for approval (it is {})",
+            target.state
         )));
     }
-    let draft: Option<String> = cx
-        .conn
-        .prepare_cached("SELECT reply_text FROM agent_runs WHERE id = ?")?
-        .query_row([run_id.to_string()], |r| r.get(0))?;
-    Ok((conversation_id, draft, reply_to))
+    Ok((target.conversation_id, target.reply_text, target.reply_to))
 }
 
 fn approve(cx: &mut Ctx<'_>, run_id: RunId, text: Option<&str>) -> Result<Written, StoreError> {
