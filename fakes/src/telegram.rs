@@ -455,7 +455,8 @@ impl FakeTelegram {
 
     /// Every Bot API call made with this token (unknown tokens are answered 401 and not
     /// recorded), in the order answered. A stalled call is recorded when its answer is
-    /// decided, before the stall ends.
+    /// decided, before the stall ends. A call is recorded just after its effect (a sent
+    /// message, say) becomes visible, so wait for the record rather than for the effect.
     pub fn calls(&self, token: &str) -> Vec<Call> {
         self.read_bot(token, |bot| bot.calls.clone())
     }
