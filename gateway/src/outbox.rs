@@ -22,8 +22,6 @@ use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError
 use crate::metrics::Metrics;
 use crate::store::{OutboxItem, OutboxWrite, Store};
 
-/// Rows fetched per pass.
-const BATCH: u32 = 256;
 /// Conversations delivering at once.
 const MAX_CONVERSATIONS_IN_FLIGHT: usize = 256;
 /// Longest sleep between passes when nothing wakes the sender.
@@ -48,34 +46,31 @@ pub async fn run(
         while let Some(done) = tasks.try_join_next() {
             crate::tasks::finished(&mut in_flight, done);
         }
-        match store.due_outbox(BATCH).await {
-            Ok(items) => {
-                for item in items {
-                    if in_flight.len() >= MAX_CONVERSATIONS_IN_FLIGHT {
-                        break;
+        let room = MAX_CONVERSATIONS_IN_FLIGHT - in_flight.len();
+        if room > 0 {
+            match store.due_outbox(room, &in_flight).await {
+                Ok(items) => {
+                    for item in items {
+                        let Some(connector) = connectors.get(&item.connection).cloned() else {
+                            // The connection was removed from the config; its messages wait for it.
+                            tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
+                            continue;
+                        };
+                        in_flight.insert(item.conversation_id);
+                        let delivery = Delivery {
+                            store: store.clone(),
+                            metrics: metrics.clone(),
+                            connector,
+                        };
+                        tasks.spawn(async move {
+                            let conversation_id = item.conversation_id;
+                            delivery.deliver(item).await;
+                            conversation_id
+                        });
                     }
-                    if in_flight.contains(&item.conversation_id) {
-                        continue;
-                    }
-                    let Some(connector) = connectors.get(&item.connection).cloned() else {
-                        // The connection was removed from the config; its messages wait for it.
-                        tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
-                        continue;
-                    };
-                    in_flight.insert(item.conversation_id);
-                    let delivery = Delivery {
-                        store: store.clone(),
-                        metrics: metrics.clone(),
-                        connector,
-                    };
-                    tasks.spawn(async move {
-                        let conversation_id = item.conversation_id;
-                        delivery.deliver(item).await;
-                        conversation_id
-                    });
                 }
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
         }
         // A row due already belongs to a conversation in flight: its task's end wakes us.
         let sleep = match store.next_outbox_due().await {

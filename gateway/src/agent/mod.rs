@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jiff::{Timestamp, tz::TimeZone};
+use jiff::Timestamp;
 use moltbot_protocol::ids::ConversationId;
 use moltbot_protocol::inbox::{AgentDelta, RunState, ServerFrame};
 use thiserror::Error;
@@ -31,7 +31,9 @@ use crate::bus::Bus;
 use crate::channels::Connectors;
 use crate::config::{AgentConfig, Config, ModelConfig};
 use crate::metrics::{Metrics, ResultLabels, TokenLabels};
-use crate::store::{QueuedRun, RunFinish, RunOutcome, RunPolicy, RunUsage, Store, StoreError};
+use crate::store::{
+    QueuedRun, RunFinish, RunOutcome, RunPolicy, RunStart, RunUsage, Store, StoreError, UsageDay,
+};
 
 /// Messages read for a run's prompt before the context budget trims them.
 const HISTORY_MESSAGES: u32 = 200;
@@ -103,15 +105,14 @@ impl Agent {
                 crate::tasks::finished(&mut in_flight, done);
             }
             if in_flight.len() < max {
-                match self.store.queued_runs((max * 4) as u32).await {
+                match self
+                    .store
+                    .queued_runs(max - in_flight.len(), &in_flight)
+                    .await
+                {
                     Ok(runs) => {
                         for run in runs {
-                            if in_flight.len() >= max {
-                                break;
-                            }
-                            if !in_flight.insert(run.conversation_id) {
-                                continue;
-                            }
+                            in_flight.insert(run.conversation_id);
                             let agent = self.clone();
                             tasks.spawn(async move {
                                 let conversation_id = run.conversation_id;
@@ -156,17 +157,18 @@ impl Agent {
         let started = Instant::now();
         let config = self.config.borrow().clone();
         let mut usage = RunUsage::default();
-        // The trigger may have moved since the scheduler read it; answer the newest one.
-        let answered = match self.store.run_trigger(run.id).await {
-            Ok(Some(trigger)) => trigger,
+        let day = UsageDay::of(Timestamp::now());
+        let start = match self.store.run_start(run.id, day, HISTORY_MESSAGES).await {
+            Ok(Some(start)) => start,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(run_id = %run.id, error = %e, "cannot read a queued run");
                 return;
             }
         };
+        let answered = start.answered;
         self.announce_running(&run).await;
-        let outcome = match self.answer(&run, answered, &config, &mut usage).await {
+        let outcome = match self.answer(&run, start, day, &config, &mut usage).await {
             Ok(outcome) => outcome,
             Err(RunError::Store(e)) => {
                 // The store is failing; leave the run queued for a later attempt.
@@ -214,8 +216,11 @@ impl Agent {
         }
     }
 
-    /// Tells inbox subscribers the run started, and the chat that a reply is coming.
+    /// Tells inbox subscribers the run started.
     async fn announce_running(&self, run: &QueuedRun) {
+        if !self.bus.has_subscribers() {
+            return;
+        }
         if let Ok(mut view) = self.store.run(run.id).await {
             view.state = RunState::Running;
             self.bus
@@ -226,7 +231,8 @@ impl Agent {
     async fn answer(
         &self,
         run: &QueuedRun,
-        answered: moltbot_protocol::ids::MessageId,
+        start: RunStart,
+        day: UsageDay,
         config: &Config,
         usage: &mut RunUsage,
     ) -> Result<RunOutcome, RunError> {
@@ -236,26 +242,18 @@ impl Agent {
                 "no model is configured (agent.model)".into(),
             ));
         };
-        let day_start = Timestamp::now()
-            .to_zoned(TimeZone::UTC)
-            .start_of_day()
-            .map_err(|e| RunError::Budget(e.to_string()))?
-            .timestamp();
-        let spent = self.store.tokens_since(day_start).await?;
+        let spent = start.tokens_today;
         if spent >= agent.tokens_per_day {
             return Ok(RunOutcome::BudgetExhausted {
                 reply: agent.budget_exhausted_reply.clone(),
-                day: day_start.strftime("%Y-%m-%d").to_string(),
+                day: day.label(),
                 tokens_used: spent,
                 tokens_per_day: agent.tokens_per_day,
             });
         }
         let model = self.model(model_config)?;
         usage.model = Some(model.model().to_string());
-        let mut context = self
-            .store
-            .run_context(run.conversation_id, Some(answered), HISTORY_MESSAGES)
-            .await?;
+        let mut context = start.context;
         if let Some(connector) = self.connectors.get(&context.connection)
             && connector.typing().is_some()
         {

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use jiff::{Timestamp, tz::TimeZone};
+use jiff::Timestamp;
 use moltbot_protocol::event::ConnectionState;
 use moltbot_protocol::inbox::{AgentStatusView, ConnectionStatusView, ErrorCode, GatewayStatus};
 
@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::Failure;
 use super::extract::ApiPath;
 use crate::channels::WebhookRejection;
+use crate::store::UsageDay;
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -64,17 +65,6 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<GatewayStatus>
                 })
         })
         .collect();
-    let day_start = Timestamp::now()
-        .to_zoned(TimeZone::UTC)
-        .start_of_day()
-        .map_err(|e| {
-            Failure::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })?
-        .timestamp();
     Ok(Json(GatewayStatus {
         tenant: config.tenant.id.clone(),
         connections,
@@ -83,7 +73,10 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<GatewayStatus>
             model: config.agent.model.as_ref().map(|m| m.model.clone()),
             default_mode: config.agent.default_mode,
             runs_queued: state.store.count_queued_runs().await?,
-            tokens_today: state.store.tokens_since(day_start).await?,
+            tokens_today: state
+                .store
+                .tokens_on(UsageDay::of(Timestamp::now()))
+                .await?,
             tokens_per_day: config.agent.tokens_per_day,
         },
     }))

@@ -5,6 +5,8 @@
 //! outcome is written in the same transaction as its reply, so a crash between the two runs
 //! it again and never answers twice.
 
+use std::collections::HashSet;
+
 use jiff::Timestamp;
 use moltbot_protocol::event::{AgentBudgetExhausted, ConversationKind, EventBody, Source};
 use moltbot_protocol::ids::{ConversationId, FactId, FollowUpId, MessageId, RunId};
@@ -13,8 +15,9 @@ use moltbot_protocol::inbox::{
 };
 use moltbot_protocol::{Channel, Event};
 use rusqlite::params;
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
+use super::id_list;
 use super::inbox::{NewOutbound, insert_outbound};
 use super::publish::Change;
 use super::write::Ctx;
@@ -88,6 +91,29 @@ pub struct RunUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost_micros: u64,
+}
+
+/// A UTC day, the period of the daily token budget and of usage rollups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageDay(i64);
+
+impl UsageDay {
+    const MS: i64 = 86_400_000;
+
+    pub fn of(at: Timestamp) -> Self {
+        Self::of_ms(ms(at))
+    }
+
+    fn of_ms(at_ms: i64) -> Self {
+        Self(at_ms.div_euclid(Self::MS))
+    }
+
+    /// `YYYY-MM-DD`.
+    pub fn label(self) -> String {
+        Timestamp::from_millisecond(self.0 * Self::MS)
+            .map(|start| start.strftime("%Y-%m-%d").to_string())
+            .unwrap_or_else(|_| format!("day {}", self.0))
+    }
 }
 
 /// How a run ended.
@@ -402,6 +428,18 @@ fn finish_run(cx: &mut Ctx<'_>, finish: &RunFinish) -> Result<Written, StoreErro
             run_id.to_string(),
         ],
     )?;
+    cx.execute(
+        "INSERT INTO agent_usage_daily (day, runs, prompt_tokens, completion_tokens, cost_micros)
+         VALUES (?1, 1, ?2, ?3, ?4)
+         ON CONFLICT (day) DO UPDATE SET runs = runs + 1, prompt_tokens = prompt_tokens + ?2,
+             completion_tokens = completion_tokens + ?3, cost_micros = cost_micros + ?4",
+        params![
+            UsageDay::of_ms(cx.now).0,
+            usage.prompt_tokens as i64,
+            usage.completion_tokens as i64,
+            usage.cost_micros as i64,
+        ],
+    )?;
     cx.changed(Change::RunUpdated(run_id));
     if current_trigger != finish.answered {
         // Messages arrived while the run was working: they are owed an answer of their own.
@@ -631,6 +669,15 @@ pub struct HistoryRow {
     pub text: String,
 }
 
+/// What a queued run starts from.
+#[derive(Clone, Debug)]
+pub struct RunStart {
+    /// The newest trigger, the message the run answers.
+    pub answered: MessageId,
+    pub tokens_today: u64,
+    pub context: RunContext,
+}
+
 /// What a run reads before it calls the model.
 #[derive(Clone, Debug)]
 pub struct RunContext {
@@ -648,6 +695,31 @@ pub struct RunContext {
 pub struct RunFilter {
     pub conversation_id: Option<ConversationId>,
     pub state: Option<RunState>,
+}
+
+/// The statement of [`read_context`]: `$target` selects `(conversation_id, trigger, tokens)`
+/// from `?1` and `?2`; the trigger bounds the history (NULL: up to the newest message) and
+/// `tokens` is passed through.
+macro_rules! context_sql {
+    ($target:literal) => {
+        concat!(
+            "WITH target (conversation_id, trigger, tokens) AS (",
+            $target,
+            ")
+         SELECT t.trigger, t.tokens, c.title, c.connection, c.provider_id, c.kind, s.summary, s.up_to_seq,
+            (SELECT json_group_array(text) FROM
+                (SELECT text FROM memory_facts WHERE state = 'approved' ORDER BY approved_at)),
+            (SELECT json_group_array(json_array(seq, direction, sender, text)) FROM
+                (SELECT m.seq, m.direction, coalesce(i.display_name, i.handle, i.provider_id) AS sender, m.text
+                 FROM messages m LEFT JOIN identities i ON i.id = m.sender_id
+                 WHERE m.conversation_id = t.conversation_id AND m.seq > coalesce(s.up_to_seq, 0)
+                   AND m.deleted_at IS NULL AND m.text IS NOT NULL
+                   AND (t.trigger IS NULL OR m.id <= t.trigger)
+                 ORDER BY m.seq DESC LIMIT ?3))
+         FROM target t JOIN conversations c ON c.id = t.conversation_id
+         LEFT JOIN conversation_summaries s ON s.conversation_id = t.conversation_id"
+        )
+    };
 }
 
 impl Store {
@@ -778,12 +850,20 @@ impl Store {
     }
 
     /// Queued runs, oldest first.
-    pub async fn queued_runs(&self, limit: u32) -> Result<Vec<QueuedRun>, StoreError> {
+    /// The oldest queued runs, leaving out the conversations in `busy` (a run stays queued
+    /// while it executes).
+    pub async fn queued_runs(
+        &self,
+        limit: usize,
+        busy: &HashSet<ConversationId>,
+    ) -> Result<Vec<QueuedRun>, StoreError> {
         let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT id, conversation_id, trigger_message_id FROM agent_runs WHERE state = 'queued'
+            "SELECT id, conversation_id, trigger_message_id FROM agent_runs
+             WHERE state = 'queued' AND conversation_id NOT IN (SELECT value FROM json_each(?))
              ORDER BY created_at LIMIT ?",
         )
-        .bind(i64::from(limit))
+        .bind(id_list(busy))
+        .bind(limit as i64)
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
@@ -797,26 +877,15 @@ impl Store {
             .collect()
     }
 
-    /// The trigger a queued run answers now (messages that arrived meanwhile move it).
-    pub async fn run_trigger(&self, id: RunId) -> Result<Option<MessageId>, StoreError> {
-        let trigger: Option<String> = sqlx::query_scalar(
-            "SELECT trigger_message_id FROM agent_runs WHERE id = ? AND state = 'queued'",
+    /// Tokens spent by runs that finished on `day`.
+    pub async fn tokens_on(&self, day: UsageDay) -> Result<u64, StoreError> {
+        let total: Option<i64> = sqlx::query_scalar(
+            "SELECT prompt_tokens + completion_tokens FROM agent_usage_daily WHERE day = ?",
         )
-        .bind(id.to_string())
+        .bind(day.0)
         .fetch_optional(&self.reads)
         .await?;
-        trigger.as_deref().map(parse_id).transpose()
-    }
-
-    /// Tokens spent by runs that finished since `since`.
-    pub async fn tokens_since(&self, since: Timestamp) -> Result<u64, StoreError> {
-        let total: i64 = sqlx::query_scalar(
-            "SELECT coalesce(sum(prompt_tokens + completion_tokens), 0) FROM agent_runs WHERE finished_at >= ?",
-        )
-        .bind(ms(since))
-        .fetch_one(&self.reads)
-        .await?;
-        Ok(total.max(0) as u64)
+        Ok(total.unwrap_or(0).max(0) as u64)
     }
 
     pub async fn count_queued_runs(&self) -> Result<u64, StoreError> {
@@ -824,6 +893,39 @@ impl Store {
             .fetch_one(&self.reads)
             .await?;
         Ok(n.max(0) as u64)
+    }
+
+    /// What a queued run reads before it calls the model, in one statement: the trigger it
+    /// answers now (messages that arrived meanwhile move it), the tokens spent on `day`,
+    /// and its context. None when the run is no longer queued.
+    pub async fn run_start(
+        &self,
+        run_id: RunId,
+        day: UsageDay,
+        max_messages: u32,
+    ) -> Result<Option<RunStart>, StoreError> {
+        let row = read_context(
+            &self.reads,
+            context_sql!(
+                "SELECT conversation_id, trigger_message_id,
+                    (SELECT prompt_tokens + completion_tokens FROM agent_usage_daily WHERE day = ?2)
+                 FROM agent_runs WHERE id = ?1 AND state = 'queued'"
+            ),
+            run_id.to_string(),
+            Some(day.0),
+            max_messages,
+        )
+        .await?;
+        let Some((answered, tokens_today, context)) = row else {
+            return Ok(None);
+        };
+        let answered =
+            answered.ok_or_else(|| StoreError::Corrupt(format!("run {run_id} has no trigger")))?;
+        Ok(Some(RunStart {
+            answered: parse_id(&answered)?,
+            tokens_today: tokens_today.unwrap_or(0).max(0) as u64,
+            context,
+        }))
     }
 
     /// The summary, approved facts and up to `max_messages` newest messages after the
@@ -834,60 +936,16 @@ impl Store {
         up_to: Option<MessageId>,
         max_messages: u32,
     ) -> Result<RunContext, StoreError> {
-        let mut conn = self.reads.acquire().await?;
-        let (title, connection, chat, kind): (Option<String>, String, String, String) =
-            sqlx::query_as(
-                "SELECT title, connection, provider_id, kind FROM conversations WHERE id = ?",
-            )
-            .bind(conversation_id.to_string())
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or(StoreError::NotFound("conversation"))?;
-        let summary: Option<(String, i64)> = sqlx::query_as(
-            "SELECT summary, up_to_seq FROM conversation_summaries WHERE conversation_id = ?",
+        read_context(
+            &self.reads,
+            context_sql!("SELECT ?1, ?2, NULL"),
+            conversation_id.to_string(),
+            up_to.map(|id| id.to_string()),
+            max_messages,
         )
-        .bind(conversation_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?;
-        let facts: Vec<String> = sqlx::query_scalar(
-            "SELECT text FROM memory_facts WHERE state = 'approved' ORDER BY approved_at",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        let after = summary.as_ref().map_or(0, |(_, seq)| *seq);
-        let mut rows: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT m.seq, m.direction, coalesce(i.display_name, i.handle, i.provider_id), m.text
-             FROM messages m LEFT JOIN identities i ON i.id = m.sender_id
-             WHERE m.conversation_id = ?1 AND m.seq > ?2 AND m.deleted_at IS NULL AND m.text IS NOT NULL
-               AND (?3 IS NULL OR m.id <= ?3)
-             ORDER BY m.seq DESC LIMIT ?4",
-        )
-        .bind(conversation_id.to_string())
-        .bind(after)
-        .bind(up_to.map(|id| id.to_string()))
-        .bind(i64::from(max_messages))
-        .fetch_all(&mut *conn)
-        .await?;
-        rows.reverse();
-        Ok(RunContext {
-            conversation_title: title,
-            connection,
-            chat,
-            kind: kind
-                .parse()
-                .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
-            summary,
-            facts,
-            history: rows
-                .into_iter()
-                .map(|(seq, direction, sender, text)| HistoryRow {
-                    seq,
-                    inbound: direction == "inbound",
-                    sender,
-                    text: text.unwrap_or_default(),
-                })
-                .collect(),
-        })
+        .await?
+        .map(|(_, _, context)| context)
+        .ok_or(StoreError::NotFound("conversation"))
     }
 
     pub async fn facts(&self) -> Result<Vec<MemoryFactView>, StoreError> {
@@ -978,5 +1036,86 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// Reads a conversation's context in one statement (one round trip to a read connection)
+/// made by [`context_sql`].
+async fn read_context<A, B>(
+    reads: &SqlitePool,
+    sql: &'static str,
+    first: A,
+    second: Option<B>,
+    max_messages: u32,
+) -> Result<Option<(Option<String>, Option<i64>, RunContext)>, StoreError>
+where
+    A: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
+    Option<B>: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
+{
+    type Row = (
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<i64>,
+        String,
+        String,
+    );
+    let row: Option<Row> = sqlx::query_as(sql)
+        .bind(first)
+        .bind(second)
+        .bind(i64::from(max_messages))
+        .fetch_optional(reads)
+        .await?;
+    let Some((trigger, tokens, title, connection, chat, kind, summary, up_to_seq, facts, history)) =
+        row
+    else {
+        return Ok(None);
+    };
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("run context: {e}"));
+    let facts: Vec<String> = serde_json::from_str(&facts).map_err(corrupt)?;
+    let mut history: Vec<(i64, String, Option<String>, String)> =
+        serde_json::from_str(&history).map_err(corrupt)?;
+    history.sort_by_key(|(seq, ..)| *seq);
+    let context = RunContext {
+        conversation_title: title,
+        connection,
+        chat,
+        kind: kind
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
+        summary: summary.zip(up_to_seq),
+        facts,
+        history: history
+            .into_iter()
+            .map(|(seq, direction, sender, text)| HistoryRow {
+                seq,
+                inbound: direction == "inbound",
+                sender,
+                text,
+            })
+            .collect(),
+    };
+    Ok(Some((trigger, tokens, context)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_usage_day_is_the_utc_calendar_day() {
+        let at = |text: &str| text.parse::<Timestamp>().unwrap();
+        let day = UsageDay::of(at("2026-11-21T23:59:59.999Z"));
+        assert_eq!(day.label(), "2026-11-21");
+        assert_eq!(day, UsageDay::of(at("2026-11-21T00:00:00Z")));
+        assert_ne!(day, UsageDay::of(at("2026-11-22T00:00:00Z")));
+        assert_eq!(
+            UsageDay::of(at("1969-12-31T12:00:00Z")).label(),
+            "1969-12-31"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod publish;
 mod read;
 mod write;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -35,8 +36,8 @@ use crate::metrics::Metrics;
 use write::Command;
 
 pub use agent::{
-    HistoryRow, QueuedRun, RunContext, RunFilter, RunFinish, RunOutcome, RunPolicy, RunUsage,
-    ToolCallRecord, ToolEffect, ToolOutcome,
+    HistoryRow, QueuedRun, RunContext, RunFilter, RunFinish, RunOutcome, RunPolicy, RunStart,
+    RunUsage, ToolCallRecord, ToolEffect, ToolOutcome, UsageDay,
 };
 pub use channels::{PairingAsk, PairingTicket, Receipt};
 pub use inbox::OutboundMessage;
@@ -367,6 +368,12 @@ fn ms(t: Timestamp) -> i64 {
 
 fn from_ms(ms: i64) -> Result<Timestamp, StoreError> {
     Timestamp::from_millisecond(ms).map_err(|e| StoreError::Corrupt(format!("timestamp {ms}: {e}")))
+}
+
+/// Ids as a JSON array, for `json_each(?)`: one bound parameter however many there are.
+fn id_list<T: fmt::Display>(ids: impl IntoIterator<Item = T>) -> String {
+    let ids: Vec<String> = ids.into_iter().map(|id| id.to_string()).collect();
+    serde_json::Value::from(ids).to_string()
 }
 
 fn parse_id<T: FromStr>(text: &str) -> Result<T, StoreError> {

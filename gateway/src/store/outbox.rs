@@ -2,6 +2,8 @@
 //! attempt begins; `sending` while the provider may have it, so a crash or a timeout in
 //! that window is reconciled rather than resent blindly; then `sent` or `failed`.
 
+use std::collections::HashSet;
+
 use jiff::Timestamp;
 use moltbot_protocol::event::ConversationKind;
 use moltbot_protocol::ids::{ConversationId, MessageId};
@@ -149,7 +151,13 @@ type OutboxRow = (
 impl Store {
     /// The head of each conversation's queue, if due: messages of one conversation go out in
     /// order, and a message waiting for a retry holds back the ones behind it.
-    pub async fn due_outbox(&self, limit: u32) -> Result<Vec<OutboxItem>, StoreError> {
+    /// The first undelivered message of each conversation that is due, leaving out the
+    /// conversations in `busy`.
+    pub async fn due_outbox(
+        &self,
+        limit: usize,
+        busy: &HashSet<ConversationId>,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT o.message_id, o.conversation_id, o.connection, c.provider_id, c.kind, m.text, m.reply_to,
                     o.state, o.attempts, o.parts_sent, o.attempt_hint
@@ -157,13 +165,15 @@ impl Store {
              JOIN messages m ON m.id = o.message_id
              JOIN conversations c ON c.id = o.conversation_id
              WHERE o.state IN ('queued', 'sending') AND o.next_attempt_at <= ?
+               AND o.conversation_id NOT IN (SELECT value FROM json_each(?))
                AND NOT EXISTS (SELECT 1 FROM outbox p
                                WHERE p.conversation_id = o.conversation_id AND p.state IN ('queued', 'sending')
                                  AND p.message_id < o.message_id)
              ORDER BY o.next_attempt_at, o.message_id LIMIT ?",
         )
         .bind(ms(Timestamp::now()))
-        .bind(i64::from(limit))
+        .bind(super::id_list(busy))
+        .bind(limit as i64)
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter()

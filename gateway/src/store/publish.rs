@@ -1,6 +1,6 @@
 //! The publisher: after each commit the writer hands over what changed; this task builds
 //! each view once from a read connection (the commit is visible there by then) and puts
-//! it on the bus, group after group in commit order.
+//! it on the bus, group after group in commit order. With no subscriber it builds nothing.
 
 use std::collections::BTreeSet;
 
@@ -29,6 +29,11 @@ pub(super) type Changes = BTreeSet<Change>;
 /// Runs until the writer has ended and every group it handed over is published.
 pub(super) async fn run(reads: SqlitePool, bus: Bus, mut committed: mpsc::Receiver<Changes>) {
     while let Some(changes) = committed.recv().await {
+        // Views are for subscribers only. One that subscribes after this check reads these
+        // changes when it loads, since they committed before it subscribed.
+        if !bus.has_subscribers() {
+            continue;
+        }
         let mut conn = match reads.acquire().await {
             Ok(conn) => conn,
             Err(e) => {
