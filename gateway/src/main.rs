@@ -3,8 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use moltbot_gateway::config::Config;
-use moltbot_gateway::{server, telemetry};
+use moltbot_gateway::{config, server, telemetry};
 
 /// One tenant's Moltbot gateway.
 #[derive(Parser)]
@@ -23,7 +22,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = Config::load(&args.config).context("invalid configuration")?;
+    let mut config = config::load(&args.config).context("invalid configuration")?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }

@@ -15,7 +15,7 @@ use crate::agent::{self, Agent};
 use crate::api::{self, AppState};
 use crate::bus::Bus;
 use crate::channels::{ConnectorError, Connectors};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::metrics::{Metrics, ResultLabels};
 use crate::outbox;
 use crate::store::RunPolicy;
@@ -160,14 +160,14 @@ async fn reload(
     metrics: &Metrics,
     store: &Store,
 ) {
-    let outcome = match Config::load(path) {
+    let outcome = match config::load(path) {
         Ok(new) => {
             let current = config_tx.borrow().clone();
-            let restart_only = current.restart_only_changes(&new);
+            let restart_only = config::restart_only_changes(&current, &new);
             if !restart_only.is_empty() {
                 tracing::warn!(keys = ?restart_only, "these keys only change at restart; keeping their current values");
             }
-            let applied = current.reloadable_part_of(new);
+            let applied = config::reloadable_part_of(&current, new);
             if let Err(e) = log.set_level(&applied.log.level) {
                 tracing::warn!(error = %e, "cannot apply log.level");
             }

@@ -21,7 +21,7 @@ use super::{Connector, Health, OutgoingPart, SendError};
 use crate::store::Store;
 
 /// The connection name of web chat; every gateway has exactly one.
-pub const CONNECTION: &str = "webchat";
+pub const CONNECTION: &str = moltbot_protocol::config::WEBCHAT_CONNECTION;
 
 pub struct Webchat {
     health: Health,
