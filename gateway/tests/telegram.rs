@@ -160,6 +160,11 @@ async fn pi_answers_a_direct_message_and_the_run_is_recorded() {
     })
     .await;
     assert_eq!(reply["provider_message_id"], sent[0].message_id.to_string());
+    // An answer that comes at once needs no typing indicator.
+    assert!(
+        !(setup.telegram.calls(BOT).iter()).any(|call| call.method == "sendChatAction"),
+        "typing shown for an instant answer"
+    );
 
     let status = get(&gateway, "/status").await;
     let tg = &status["connections"]
@@ -594,7 +599,16 @@ async fn burst_survives(signal: i32) {
         sent
     };
     assert_eq!(sent.len(), PEOPLE as usize, "{}", restarted.log_text());
+    // The 2 s model is slow enough for the chat to see Pi typing.
+    let typing: Vec<i64> = (setup.telegram.calls(BOT).into_iter())
+        .filter(|call| call.method == "sendChatAction" && call.status == 200)
+        .filter_map(|call| match &call.params["chat_id"] {
+            Value::String(id) => id.parse().ok(),
+            id => id.as_i64(),
+        })
+        .collect();
     for person in 1..=PEOPLE {
+        assert!(typing.contains(&person), "person {person} saw no typing");
         let to: Vec<_> = sent.iter().filter(|m| m.chat_id == person).collect();
         assert_eq!(to.len(), 1, "person {person} got {to:?}");
         assert!(

@@ -24,6 +24,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use self::context::{ContextInput, HistoryMessage, Overflow};
 use self::model::{ChatMessage, ChatRequest, ModelClient, ModelError, StreamEvent, Turn, Usage};
@@ -39,6 +40,8 @@ use crate::store::{
 const HISTORY_MESSAGES: u32 = 200;
 /// Longest sleep of the scheduler and the follow-up timer when nothing wakes them.
 const IDLE: Duration = Duration::from_secs(30);
+/// A run still working after this long shows the chat a typing indicator.
+const TYPING_AFTER: Duration = Duration::from_millis(500);
 
 /// What a new message queues, from the config.
 pub fn run_policy(config: &AgentConfig) -> RunPolicy {
@@ -254,17 +257,21 @@ impl Agent {
         let model = self.model(model_config)?;
         usage.model = Some(model.model().to_string());
         let mut context = start.context;
-        if let Some(connector) = self.connectors.get(&context.connection)
-            && connector.typing().is_some()
-        {
-            let connector = connector.clone();
-            let chat = context.chat.clone();
-            tokio::spawn(async move {
-                if let Some(typing) = connector.typing() {
-                    let _ = typing.typing(&chat).await;
-                }
+        // Dropped with this call: a reply that comes quickly needs no typing indicator.
+        let _typing = self
+            .connectors
+            .get(&context.connection)
+            .filter(|connector| connector.typing().is_some())
+            .map(|connector| {
+                let connector = connector.clone();
+                let chat = context.chat.clone();
+                AbortOnDropHandle::new(tokio::spawn(async move {
+                    tokio::time::sleep(TYPING_AFTER).await;
+                    if let Some(typing) = connector.typing() {
+                        let _ = typing.typing(&chat).await;
+                    }
+                }))
             });
-        }
         let mut history: Vec<HistoryMessage> = context
             .history
             .iter()

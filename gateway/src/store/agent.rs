@@ -715,7 +715,7 @@ macro_rules! context_sql {
                  WHERE m.conversation_id = t.conversation_id AND m.seq > coalesce(s.up_to_seq, 0)
                    AND m.deleted_at IS NULL AND m.text IS NOT NULL
                    AND (t.trigger IS NULL OR m.id <= t.trigger)
-                 ORDER BY m.seq DESC LIMIT ?3))
+                 ORDER BY m.id DESC LIMIT ?3))
          FROM target t JOIN conversations c ON c.id = t.conversation_id
          LEFT JOIN conversation_summaries s ON s.conversation_id = t.conversation_id"
         )
@@ -1040,7 +1040,8 @@ impl Store {
 }
 
 /// Reads a conversation's context in one statement (one round trip to a read connection)
-/// made by [`context_sql`].
+/// made by [`context_sql`]. The newest messages are found by id, which the writer assigns
+/// in order, so the conversation's index yields them without sorting its whole history.
 async fn read_context<A, B>(
     reads: &SqlitePool,
     sql: &'static str,

@@ -272,9 +272,8 @@ impl<'a> Ctx<'a> {
 /// The highest message `seq`; every message up to it is in the full-text index once the
 /// writer starts (each group indexes its messages before it commits).
 pub(super) fn last_message_seq(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
-        r.get(0)
-    })
+    conn.prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")?
+        .query_row([], |r| r.get(0))
 }
 
 /// Puts messages stored after `indexed_up_to` into the full-text index, in one statement:
