@@ -14,11 +14,18 @@ use serde::{Deserialize, Serialize};
 
 pub mod conditions;
 pub mod connection;
+pub mod plan;
+pub mod render;
 pub mod tenant;
 
 pub use connection::{
     ChannelType, Connection, ConnectionMode, ConnectionSpec, ConnectionState, ConnectionStatus,
     CredentialsRef, DmPolicy, GroupPolicy, TelegramDelivery, TelegramSettings,
+};
+pub use plan::PlanDefaults;
+pub use render::{
+    CREDENTIALS_SECRET, INBOX_TOKEN_KEY, INGRESS_HMAC_KEY, RenderError, RenderSite, RenderedConfig,
+    SecretEnv, Unsupported, gateway_config,
 };
 pub use tenant::{
     AgentMode, AgentSpec, AgentTool, ComputeResources, ConnectionCounts, GatewayResources,
