@@ -5,46 +5,24 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::Secret;
 use moltbot_crds::{
     Connection, ModelSpec, RenderError, RenderSite, RenderedConfig, SecretEnv, SecretKeyRef,
-    Tenant, gateway_config,
+    gateway_config,
 };
 use moltbot_protocol::config::{Config, ConnectionConfig, DmPolicy, TelegramMode, ToolName};
 use moltbot_protocol::inbox::AgentMode;
-use serde_json::Value;
 
-/// A fixture's objects by kind.
-struct Fixture {
-    tenant: Tenant,
-    connections: Vec<Connection>,
-    secrets: Vec<Secret>,
-}
+#[path = "common/fixture.rs"]
+mod fixture;
+
+use fixture::Fixture;
 
 fn fixture(name: &str) -> Fixture {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let docs: Vec<Value> =
-        serde_saphyr::from_str_multiple(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let mut tenant = None;
-    let mut connections = Vec::new();
-    let mut secrets = Vec::new();
-    for doc in docs {
-        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
-        match kind.as_str() {
-            "Tenant" => tenant = Some(serde_json::from_value(doc).expect("a Tenant")),
-            "Connection" => connections.push(serde_json::from_value(doc).expect("a Connection")),
-            "Secret" => secrets.push(serde_json::from_value(doc).expect("a Secret")),
-            other => panic!("{path:?}: unexpected kind {other:?}"),
-        }
-    }
-    Fixture {
-        tenant: tenant.expect("the fixture has a Tenant"),
-        connections,
-        secrets,
-    }
+    Fixture::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
 }
 
 fn site() -> RenderSite {
@@ -57,33 +35,12 @@ fn site() -> RenderSite {
     }
 }
 
-fn secret_value(secrets: &[Secret], name: &str, key: &str) -> String {
-    secrets
-        .iter()
-        .find(|s| s.metadata.name.as_deref() == Some(name))
-        .and_then(|s| s.string_data.as_ref()?.get(key).cloned())
-        .unwrap_or_else(|| panic!("the fixture has no Secret {name} with key {key}"))
-}
-
 /// What the runtime would put in the gateway's environment.
 fn environment(fixture: &Fixture, rendered: &RenderedConfig) -> BTreeMap<String, String> {
     rendered
         .secret_env
         .iter()
-        .map(|e| {
-            (
-                e.env.clone(),
-                secret_value(&fixture.secrets, &e.secret_name, &e.key),
-            )
-        })
-        .collect()
-}
-
-fn all_secret_values(fixture: &Fixture) -> Vec<String> {
-    fixture
-        .secrets
-        .iter()
-        .flat_map(|s| s.string_data.iter().flat_map(|d| d.values().cloned()))
+        .map(|e| (e.env.clone(), fixture.secret_value(&e.secret_name, &e.key)))
         .collect()
 }
 
@@ -238,7 +195,7 @@ fn the_gateway_reads_the_rendered_file_back_with_the_reported_environment() {
 fn no_secret_value_is_ever_rendered() {
     let alice = fixture("alice.yaml");
     let rendered = gateway_config(&alice.tenant, &alice.connections, &site()).unwrap();
-    let values = all_secret_values(&alice);
+    let values = alice.secret_values();
     assert_eq!(values.len(), 7, "the fixture's secret values");
     let debug = format!("{rendered:?}");
     for value in &values {
