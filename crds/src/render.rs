@@ -213,19 +213,27 @@ pub fn gateway_config(
                     return Err(bad("telegram connects only in mode cloud".into()));
                 }
                 let settings = spec.telegram.clone().unwrap_or_default();
-                if settings.delivery == TelegramDelivery::Webhook
-                    && site.webhook_base_url.is_none()
-                {
-                    unsupported.push(unsupported_because(
-                        "WebhookNotAvailable",
-                        "webhook delivery needs a public URL, which this gateway does not have; \
-                         use delivery polling"
-                            .into(),
-                    ));
-                    continue;
-                }
-                let telegram =
-                    telegram(&name, spec.credentials.as_ref(), &settings, site, &mut env)?;
+                let webhook_url = match (settings.delivery, &site.webhook_base_url) {
+                    (TelegramDelivery::Polling, _) => None,
+                    (TelegramDelivery::Webhook, Some(url)) => Some(url.as_str()),
+                    (TelegramDelivery::Webhook, None) => {
+                        unsupported.push(unsupported_because(
+                            "WebhookNotAvailable",
+                            "webhook delivery needs a public URL, which this gateway does not \
+                             have; use delivery polling"
+                                .into(),
+                        ));
+                        continue;
+                    }
+                };
+                let telegram = telegram(
+                    &name,
+                    spec.credentials.as_ref(),
+                    &settings,
+                    webhook_url,
+                    site,
+                    &mut env,
+                )?;
                 config.connections.push(ConnectionConfig::Telegram(telegram));
             }
             ChannelType::Discord | ChannelType::Slack | ChannelType::Teams => {
@@ -255,11 +263,13 @@ pub fn gateway_config(
     })
 }
 
-/// The Telegram connection of the telegram Connection `name`.
+/// The Telegram connection of the telegram Connection `name`, receiving updates at
+/// `webhook_url` if it has one, else polling.
 fn telegram(
     name: &str,
     credentials: Option<&CredentialsRef>,
     settings: &TelegramSettings,
+    webhook_url: Option<&str>,
     site: &RenderSite,
     env: &mut EnvVars,
 ) -> Result<TelegramConfig, RenderError> {
@@ -290,9 +300,7 @@ fn telegram(
         .api_base
         .clone()
         .unwrap_or_else(|| site.telegram_api_base.clone());
-    if let (TelegramDelivery::Webhook, Some(public_url)) =
-        (settings.delivery, &site.webhook_base_url)
-    {
+    if let Some(public_url) = webhook_url {
         let key = credentials
             .webhook_secret_key
             .as_deref()
