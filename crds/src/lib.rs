@@ -14,11 +14,18 @@ use serde::{Deserialize, Serialize};
 
 pub mod conditions;
 pub mod connection;
+pub mod plan;
+pub mod render;
 pub mod tenant;
 
 pub use connection::{
     ChannelType, Connection, ConnectionMode, ConnectionSpec, ConnectionState, ConnectionStatus,
     CredentialsRef, DmPolicy, GroupPolicy, TelegramDelivery, TelegramSettings,
+};
+pub use plan::PlanDefaults;
+pub use render::{
+    CREDENTIALS_SECRET, INBOX_TOKEN_KEY, INGRESS_HMAC_KEY, RenderError, RenderSite, RenderedConfig,
+    SecretEnv, Unsupported, gateway_config,
 };
 pub use tenant::{
     AgentMode, AgentSpec, AgentTool, ComputeResources, ConnectionCounts, GatewayResources,
@@ -36,6 +43,10 @@ pub const TENANT_LABEL: &str = "cloud.moltbot.com/tenant";
 /// Annotation that stops the operator from changing a Tenant's objects while it is
 /// `"true"` (the Tenant reports `ReconcilePaused`).
 pub const PAUSED_ANNOTATION: &str = "cloud.moltbot.com/paused";
+/// Annotation on a Tenant that asks for new generated credentials (the inbox token and
+/// the ingress key): the operator rotates them whenever its value changes, e.g. to the
+/// time of the request.
+pub const ROTATE_CREDENTIALS_ANNOTATION: &str = "cloud.moltbot.com/rotate-credentials";
 /// Finalizer that holds a Tenant until its namespace and data are handled.
 pub const FINALIZER: &str = "cloud.moltbot.com/cleanup";
 
