@@ -67,6 +67,7 @@ use crate::conditions::{Condition, Time};
         .message("telegram webhook delivery needs credentials.webhookSecretKey"),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::not_nullable)]
 pub struct ConnectionSpec {
     /// The chat channel: webchat, telegram, discord, slack, teams, whatsapp, imessage or signal. Immutable: another channel is another Connection.
     #[serde(rename = "type")]

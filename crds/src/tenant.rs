@@ -68,6 +68,7 @@ use crate::connection::ConnectionState;
         .message("name must be a DNS label of at most 56 characters (it names the namespace tenant-<name>)"),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::not_nullable)]
 pub struct TenantSpec {
     /// The control plane's id of the user who owns this tenant. Immutable.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^\S+$"))]

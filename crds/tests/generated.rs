@@ -74,6 +74,42 @@ fn every_field_is_documented() {
     }
 }
 
+/// Paths of the schemas in `schema` that admit `null`.
+fn nullable(schema: &Value, path: &str, out: &mut Vec<String>) {
+    match schema {
+        Value::Object(node) => {
+            if node.get("nullable") == Some(&Value::Bool(true)) {
+                out.push(path.to_owned());
+            }
+            for (key, value) in node {
+                nullable(value, &format!("{path}.{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nullable(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn no_spec_field_admits_null() {
+    // The API server keeps a null where a schema is nullable, skips the rules on it and
+    // counts it as present in `has()`: a null would slip past every rule on the field.
+    for (kind, crd) in [("Tenant", Tenant::crd()), ("Connection", Connection::crd())] {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("serializes");
+        let mut found = Vec::new();
+        nullable(
+            &schema["openAPIV3Schema"]["properties"]["spec"],
+            &format!("{kind}.spec"),
+            &mut found,
+        );
+        assert!(found.is_empty(), "nullable spec schemas: {found:?}");
+    }
+}
+
 fn columns(crd: &CustomResourceDefinition) -> Vec<(String, Option<i32>)> {
     crd.spec.versions[0]
         .additional_printer_columns

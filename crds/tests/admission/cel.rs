@@ -5,7 +5,8 @@
 use serde_json::{Value, json};
 
 use crate::support::{
-    Kind, assert_admitted, assert_cel_refuses, cel_errors, connection, tenant, with, without,
+    Kind, assert_admitted, assert_cel_refuses, assert_schema_refuses, cel_errors, connection,
+    tenant, with, without,
 };
 
 /// Every rule of both CRDs, where it sits.
@@ -193,6 +194,50 @@ fn resources_are_quantities_with_floors() {
             json!(value),
         );
         assert_cel_refuses(Kind::Tenant, &object, None, message);
+    }
+}
+
+#[test]
+fn a_null_is_no_value() {
+    // No spec field is nullable, so the API server prunes an explicit null and the rules
+    // see the field as absent; the schema check here refuses the null outright.
+    let webhook = with(
+        with(
+            connection("telegram"),
+            "/spec/telegram/delivery",
+            json!("webhook"),
+        ),
+        "/spec/credentials/webhookSecretKey",
+        json!("webhook-secret"),
+    );
+    let cases = [
+        (
+            Kind::Tenant,
+            with_storage("10Gi"),
+            Some(with_storage("10Gi")),
+            "/spec/gateway/storage",
+            "storage cannot be removed once set",
+        ),
+        (
+            Kind::Connection,
+            connection("telegram"),
+            None,
+            "/spec/credentials",
+            "need credentials",
+        ),
+        (
+            Kind::Connection,
+            webhook,
+            None,
+            "/spec/credentials/webhookSecretKey",
+            "needs credentials.webhookSecretKey",
+        ),
+    ];
+    for (kind, object, old, path, message) in cases {
+        assert_admitted(kind, &object, old.as_ref());
+        let nulled = with(object.clone(), path, Value::Null);
+        assert_schema_refuses(kind, &nulled, path);
+        assert_cel_refuses(kind, &without(object, path), old.as_ref(), message);
     }
 }
 
