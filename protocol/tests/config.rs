@@ -228,6 +228,58 @@ fn every_error_names_its_key() {
     assert!(yaml_error.contains("not valid YAML"), "{yaml_error}");
 }
 
+/// Asserts that neither the error's Display nor its Debug holds four characters in a row
+/// of `secret`.
+#[track_caller]
+fn assert_hides(error: &ConfigError, secret: &str) {
+    for text in [error.to_string(), format!("{error:?}")] {
+        for part in secret.as_bytes().windows(4) {
+            let part = std::str::from_utf8(part).expect("ASCII");
+            assert!(!text.contains(part), "{part:?} of the secret in {text}");
+        }
+    }
+}
+
+#[test]
+fn errors_never_show_a_secret() {
+    const SECRET: &str = "Zq8xWv3kPm7Jr2Nb";
+    const NUMBER: &str = "98765432109876543";
+    let huge = "9".repeat(400);
+    let cases = [
+        // serde's message would quote the number it found.
+        (
+            MINIMAL.replace("${TOKEN}", NUMBER),
+            NUMBER,
+            "auth.inbox_token: must be a string",
+        ),
+        (
+            MINIMAL.replace("${TOKEN}", &format!("\"{SECRET}${{X\"")),
+            SECRET,
+            "auth.inbox_token: unterminated ${",
+        ),
+        // The parser's message would show the lines around the error.
+        (
+            format!("tenant: [unclosed\nauth:\n  inbox_token: {SECRET}\ndata_dir: /x\n"),
+            SECRET,
+            "line 2, column 5: ",
+        ),
+        // And quote a number too large to read.
+        (
+            MINIMAL.replace("${TOKEN}", &huge),
+            &huge,
+            "line 5, column 16: ",
+        ),
+    ];
+    for (yaml, secret, expected) in cases {
+        let error = load(&yaml, &[]).expect_err("refused");
+        assert_hides(&error, secret);
+        assert!(
+            error.to_string().contains(expected),
+            "{expected:?} in {error}"
+        );
+    }
+}
+
 /// A literal secret, as only a loaded config holds one.
 fn secret(text: &str) -> Secret {
     serde_json::from_value(serde_json::Value::String(text.into())).unwrap()

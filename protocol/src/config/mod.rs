@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, de};
 use thiserror::Error;
 
 use self::forms::{duration, lenient, literal, literal_opt, literal_path};
@@ -50,8 +50,9 @@ pub enum ConfigError {
         "{key}: environment variable {var} is not set (write ${{{var}:-default}} for a default)"
     )]
     MissingEnv { key: String, var: String },
-    #[error("{key}: unterminated ${{ in {value:?}")]
-    BadPlaceholder { key: String, value: String },
+    /// Names the key only: the value may be a secret.
+    #[error("{key}: unterminated ${{ (write $$ for a literal $)")]
+    BadPlaceholder { key: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     #[error(
@@ -76,9 +77,18 @@ impl ConfigError {
 /// [`placeholder`](Self::placeholder), `${NAME}`, and the gateway substitutes it when it
 /// loads the file, from an environment backed by a Kubernetes Secret (or set by the local
 /// runtime). Only a loaded config holds real values, and nothing renders a loaded config.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // serde's own message quotes what it found instead, which is the secret.
+        String::deserialize(deserializer).map(Self).map_err(|_| {
+            de::Error::custom("must be a string (quote a value YAML reads as a number or boolean)")
+        })
+    }
+}
 
 impl Secret {
     /// `${env_var}`: the value of `env_var` in the gateway's environment once loaded.

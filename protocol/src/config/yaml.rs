@@ -17,10 +17,7 @@ impl Config {
         path: &Path,
         env: &BTreeMap<String, String>,
     ) -> Result<Self, ConfigError> {
-        let mut tree: Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut tree: Value = serde_saphyr::from_str(text).map_err(|e| syntax_error(path, &e))?;
         if tree.is_null() {
             tree = Value::Object(Default::default());
         }
@@ -56,6 +53,34 @@ impl Config {
         let mut serializer = serde_saphyr::Serializer::new(&mut text);
         serde_path_to_error::serialize(self, &mut serializer).map_err(keyed)?;
         Ok(text)
+    }
+}
+
+/// A YAML syntax error as its place and the parser's reason. serde-saphyr's own message
+/// shows the lines around the place, and some of its reasons quote the text: either can be a
+/// secret.
+fn syntax_error(path: &Path, e: &serde_saphyr::Error) -> ConfigError {
+    use serde_saphyr::{Error, ExternalMessageSource};
+    let reason = match e.without_snippet() {
+        // The parser's reasons say what it expected or found, never the text.
+        Error::ExternalMessage { source, msg, .. }
+            if matches!(**source, ExternalMessageSource::Parser(_)) =>
+        {
+            msg.as_str()
+        }
+        Error::DuplicateMappingKey { .. } => "duplicate key",
+        Error::NonFiniteFloat { .. } => "a number too large to read (quote it if it is text)",
+        Error::UnknownAnchor { .. } => "alias of an unknown anchor",
+        Error::Eof { .. } => "unexpected end of file",
+        _ => "not YAML",
+    };
+    let message = match e.location() {
+        Some(at) => format!("line {}, column {}: {reason}", at.line(), at.column()),
+        None => reason.to_owned(),
+    };
+    ConfigError::Yaml {
+        path: path.to_path_buf(),
+        message,
     }
 }
 
@@ -117,7 +142,6 @@ fn substitute_str(
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body.find('}').ok_or_else(|| ConfigError::BadPlaceholder {
                 key: key.to_string(),
-                value: s.to_string(),
             })?;
             let expr = &body[..end];
             let (var, default) = match expr.split_once(":-") {
