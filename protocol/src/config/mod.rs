@@ -12,7 +12,8 @@
 //! Writing ([`Config::to_yaml`]): a renderer builds a [`Config`] in code ([`Config::new`],
 //! [`TelegramConfig::new`], [`ModelConfig::new`] and the `Default`s), puts a
 //! [`Secret::placeholder`] wherever a secret goes, and renders it. Reading the text back
-//! gives an equal `Config`, with the placeholders substituted from the environment.
+//! gives an equal `Config`, with the placeholders substituted from the environment. A
+//! config that holds secret values (a loaded one) cannot be rendered.
 
 mod forms;
 mod validate;
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, de};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
 use thiserror::Error;
 
 use self::forms::{duration, lenient, literal, literal_opt, literal_path};
@@ -70,24 +71,21 @@ impl ConfigError {
     }
 }
 
-/// A secret string: `Debug` never shows it.
+/// A secret string: `Debug` never shows it, and serialising writes only a placeholder.
 ///
-/// It serialises as its raw text, unlike other strings (see [`Config::to_yaml`]). That is
-/// acceptable because renderers never hold secret values: they write a
-/// [`placeholder`](Self::placeholder), `${NAME}`, and the gateway substitutes it when it
-/// loads the file, from an environment backed by a Kubernetes Secret (or set by the local
-/// runtime). Only a loaded config holds real values, and nothing renders a loaded config.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// A secret is either a placeholder or a value. A renderer writes a
+/// [`placeholder`](Self::placeholder), `${NAME}`, wherever a secret goes, and the gateway
+/// substitutes it when it loads the file, from an environment backed by a Kubernetes Secret
+/// (or set by the local runtime). Values come only from loading (deserialising), and
+/// serialising one is an error, so a loaded config is never written out with its secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(SecretForm);
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // serde's own message quotes what it found instead, which is the secret.
-        String::deserialize(deserializer).map(Self).map_err(|_| {
-            de::Error::custom("must be a string (quote a value YAML reads as a number or boolean)")
-        })
-    }
+#[derive(Clone, PartialEq, Eq)]
+enum SecretForm {
+    /// `${NAME}`.
+    Placeholder(String),
+    Value(String),
 }
 
 impl Secret {
@@ -105,11 +103,39 @@ impl Secret {
                 name: env_var.to_string(),
             });
         }
-        Ok(Self(format!("${{{env_var}}}")))
+        Ok(Self(SecretForm::Placeholder(format!("${{{env_var}}}"))))
     }
 
+    /// The secret's text: a loaded value, or a placeholder's `${NAME}` (what the file holds
+    /// in its place). The gateway only reads loaded values.
     pub fn expose(&self) -> &str {
-        &self.0
+        match &self.0 {
+            SecretForm::Placeholder(text) | SecretForm::Value(text) => text,
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            SecretForm::Placeholder(text) => serializer.serialize_str(text),
+            SecretForm::Value(_) => Err(ser::Error::custom(
+                "a secret value is never written out (render a Secret::placeholder)",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // serde's own message quotes what it found instead, which is the secret.
+        String::deserialize(deserializer)
+            .map(|value| Self(SecretForm::Value(value)))
+            .map_err(|_| {
+                de::Error::custom(
+                    "must be a string (quote a value YAML reads as a number or boolean)",
+                )
+            })
     }
 }
 
