@@ -453,6 +453,34 @@ fn placeholders_survive_rendering_and_are_substituted_at_load() {
 }
 
 #[test]
+fn a_config_the_gateway_would_refuse_is_refused_at_render_time() {
+    type Case = (fn(&mut Config), &'static str);
+    let cases: [Case; 3] = [
+        (
+            |c| c.tenant.id = "${HOME}".into(),
+            "tenant.id: must be a DNS label",
+        ),
+        (
+            |c| {
+                let ConnectionConfig::Telegram(bot) = &mut c.connections[0];
+                bot.allow_from.push("${USER_ID}".into());
+            },
+            "connections[0].allow_from:",
+        ),
+        (
+            |c| c.agent.max_tool_rounds = 17,
+            "agent.max_tool_rounds: must be between 0 and 16",
+        ),
+    ];
+    for (break_it, expected) in cases {
+        let mut config = everything_set(as_placeholder);
+        break_it(&mut config);
+        let error = config.to_yaml().expect_err(expected).to_string();
+        assert!(error.starts_with(expected), "{expected:?}: {error}");
+    }
+}
+
+#[test]
 fn a_loaded_config_is_never_written_out() {
     let loaded = reload(&everything_set(as_placeholder), &SECRETS).unwrap();
     let rendered = loaded.to_yaml().expect_err("it holds secret values");

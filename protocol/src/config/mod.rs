@@ -15,6 +15,7 @@
 //! gives an equal `Config`, with the placeholders substituted from the environment. A
 //! config that holds secret values (a loaded one) cannot be rendered.
 
+mod escape;
 mod forms;
 mod validate;
 mod yaml;
@@ -27,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
 use thiserror::Error;
 
-use self::forms::{duration, lenient, literal, literal_opt, literal_path};
+use self::forms::{duration, lenient};
 use crate::inbox::AgentMode;
 
 /// The connection name of the built-in web chat, which every gateway has: no configured
@@ -118,7 +119,10 @@ impl Secret {
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match &self.0 {
-            SecretForm::Placeholder(text) => serializer.serialize_str(text),
+            // Under a name only the renderer looks for, so that it leaves the `$` single.
+            SecretForm::Placeholder(text) => {
+                serializer.serialize_newtype_struct(escape::PLACEHOLDER, text)
+            }
             SecretForm::Value(_) => Err(ser::Error::custom(
                 "a secret value is never written out (render a Secret::placeholder)",
             )),
@@ -153,7 +157,6 @@ pub struct Config {
     #[serde(default = "default_listen", deserialize_with = "lenient")]
     pub listen: SocketAddr,
     /// Where the tenant's database lives; relative paths are relative to the working directory.
-    #[serde(serialize_with = "literal_path")]
     pub data_dir: PathBuf,
     pub auth: AuthConfig,
     #[serde(default)]
@@ -201,11 +204,7 @@ impl Config {
 pub struct TenantConfig {
     /// A DNS label: it also names the tenant's namespace.
     pub id: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "literal_opt"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
 }
 
@@ -350,7 +349,7 @@ pub struct TelegramConfig {
     /// The bot token from BotFather.
     pub token: Secret,
     /// Base URL of the Bot API (a local Bot API server or a test fake).
-    #[serde(default = "default_telegram_api_base", serialize_with = "literal")]
+    #[serde(default = "default_telegram_api_base")]
     pub api_base: String,
     #[serde(default, deserialize_with = "lenient")]
     pub mode: TelegramMode,
@@ -402,7 +401,6 @@ impl TelegramConfig {
 #[serde(deny_unknown_fields)]
 pub struct TelegramWebhook {
     /// The gateway's public base URL; Telegram posts to `{public_url}/hooks/{name}`.
-    #[serde(serialize_with = "literal")]
     pub public_url: String,
     /// Sent back by Telegram in `X-Telegram-Bot-Api-Secret-Token`: 1-256 of A-Z a-z 0-9 _ -.
     pub secret: Secret,
@@ -487,7 +485,7 @@ pub struct AgentConfig {
     pub default_mode: AgentMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelConfig>,
-    #[serde(default = "default_system_prompt", serialize_with = "literal")]
+    #[serde(default = "default_system_prompt")]
     pub system_prompt: String,
     /// Budget of the prompt: memory, summary and as many recent messages as fit.
     #[serde(default = "default_context_tokens", deserialize_with = "lenient")]
@@ -502,7 +500,7 @@ pub struct AgentConfig {
     #[serde(default = "default_tokens_per_day", deserialize_with = "lenient")]
     pub tokens_per_day: u64,
     /// What the agent says, once per conversation and day, when the daily budget is spent.
-    #[serde(default = "default_budget_reply", serialize_with = "literal")]
+    #[serde(default = "default_budget_reply")]
     pub budget_exhausted_reply: String,
     /// Tools the model is offered.
     #[serde(default = "default_tools")]
@@ -542,12 +540,10 @@ impl Default for AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Up to and including `/v1`.
-    #[serde(serialize_with = "literal")]
     pub base_url: String,
     /// Empty for servers that need none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
-    #[serde(serialize_with = "literal")]
     pub model: String,
     /// Longest wait for one model answer, streaming included.
     #[serde(default = "default_model_timeout", with = "duration")]
@@ -591,7 +587,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `moltbot_gateway=debug,info`); `RUST_LOG` wins over it.
-    #[serde(default = "default_log_level", serialize_with = "literal")]
+    #[serde(default = "default_log_level")]
     pub level: String,
     #[serde(default, deserialize_with = "lenient")]
     pub format: LogFormat,
