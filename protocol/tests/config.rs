@@ -252,6 +252,13 @@ fn errors_never_show_a_secret() {
             NUMBER,
             "auth.inbox_token: must be a string",
         ),
+        // Also inside a connection, which serde reads through a buffer (it is tagged).
+        (
+            MINIMAL.replace("${TOKEN}", "0123456789abcdef")
+                + &format!("connections:\n- type: telegram\n  name: bot\n  token: {NUMBER}\n"),
+            NUMBER,
+            "must be a string",
+        ),
         (
             MINIMAL.replace("${TOKEN}", &format!("\"{SECRET}${{X\"")),
             SECRET,
