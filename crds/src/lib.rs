@@ -59,8 +59,8 @@ pub(crate) const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
 ///
 /// schemars marks every `Option` field `nullable: true`. With that, the API server keeps an
 /// explicit `null` instead of pruning it, skips the rules on it, and `has()` is true for it,
-/// so `storage: null` would pass "storage cannot be removed". Without it, a `null` is pruned
-/// and the rules see the field as absent.
+/// so `storage: null` would pass "storage cannot be removed". Without `nullable`, a `null`
+/// is pruned and the rules see the field as absent.
 pub(crate) fn not_nullable(schema: &mut schemars::Schema) {
     // schemars writes `Option<T>` as `T` with "null" added to its `type` (and `enum`).
     if let Some(Value::Array(types)) = schema.get_mut("type") {

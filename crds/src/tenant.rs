@@ -272,7 +272,7 @@ pub struct ComputeResources {
 pub struct GatewayStorage {
     /// The volume's size as a quantity string, e.g. 10Gi; at least 1Gi. It may only grow (the storage class must allow expansion).
     #[schemars(schema_with = "storage_size_schema")]
-    // Only two quantities compare; a size that is none is the size schema's one error.
+    // quantity() fails on a size that is no quantity, which the size's own rule reports.
     #[x_kube(validation = Rule::new("!(isQuantity(self) && isQuantity(oldSelf)) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage size may only grow"))]
     pub size: Quantity,
 
