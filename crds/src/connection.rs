@@ -67,6 +67,7 @@ use crate::conditions::{Condition, Time};
         .message("telegram webhook delivery needs credentials.webhookSecretKey"),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::not_nullable)]
 pub struct ConnectionSpec {
     /// The chat channel: webchat, telegram, discord, slack, teams, whatsapp, imessage or signal. Immutable: another channel is another Connection.
     #[serde(rename = "type")]
@@ -138,6 +139,12 @@ fn default_token_key() -> String {
     "token".into()
 }
 
+/// A Telegram user id. Telegram's ids have at most 52 significant bits, so 16 digits hold
+/// every one (2^52 has 16), and every 16-digit number fits the i64 the gateway reads it as.
+const TELEGRAM_USER_ID: &str = r"^[0-9]{1,16}$";
+/// A Telegram chat id: a user id, or a group's (negative).
+const TELEGRAM_CHAT_ID: &str = r"^-?[0-9]{1,16}$";
+
 /// Settings of a Telegram bot.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -152,7 +159,7 @@ pub struct TelegramSettings {
 
     /// Telegram user ids always allowed in direct messages (and the only ones under allowlist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000), inner(regex(pattern = r"^[0-9]{1,20}$")), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 1000), inner(regex(pattern = TELEGRAM_USER_ID)), extend("x-kubernetes-list-type" = "set"))]
     pub allow_from: Vec<String>,
 
     /// Which groups the bot takes part in: allowlist (only allowGroups, so a stranger adding the bot cannot spend the tenant's tokens), open or disabled.
@@ -161,7 +168,7 @@ pub struct TelegramSettings {
 
     /// Group chat ids (negative numbers) the bot takes part in under allowlist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000), inner(regex(pattern = r"^-?[0-9]{1,20}$")), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 1000), inner(regex(pattern = TELEGRAM_CHAT_ID)), extend("x-kubernetes-list-type" = "set"))]
     pub allow_groups: Vec<String>,
 
     /// The Bot API's base URL, for a local Bot API server. Unset: https://api.telegram.org.

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 pub mod conditions;
 pub mod connection;
@@ -63,6 +64,28 @@ pub(crate) const DNS_SUBDOMAIN: &str =
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// A key of a Secret's data.
 pub(crate) const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// A schemars transform for the spec structs (`#[schemars(transform = crate::not_nullable)]`):
+/// no field of the schema, however deep, admits `null`.
+///
+/// schemars marks every `Option` field `nullable: true`. With that, the API server keeps an
+/// explicit `null` instead of pruning it, skips the rules on it, and `has()` is true for it,
+/// so `storage: null` would pass "storage cannot be removed". Without `nullable`, a `null`
+/// is pruned and the rules see the field as absent.
+pub(crate) fn not_nullable(schema: &mut schemars::Schema) {
+    // schemars writes `Option<T>` as `T` with "null" added to its `type` (and `enum`).
+    if let Some(Value::Array(types)) = schema.get_mut("type") {
+        types.retain(|t| t != "null");
+        if let [only] = types.as_mut_slice() {
+            let only = only.take();
+            schema.insert("type".into(), only);
+        }
+    }
+    if let Some(Value::Array(values)) = schema.get_mut("enum") {
+        values.retain(|v| !v.is_null());
+    }
+    schemars::transform::transform_subschemas(&mut not_nullable, schema);
+}
 
 /// One key of a Secret in the same namespace as the reader.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]

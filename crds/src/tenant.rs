@@ -68,6 +68,7 @@ use crate::connection::ConnectionState;
         .message("name must be a DNS label of at most 56 characters (it names the namespace tenant-<name>)"),
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::not_nullable)]
 pub struct TenantSpec {
     /// The control plane's id of the user who owns this tenant. Immutable.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^\S+$"))]
@@ -271,10 +272,11 @@ pub struct ComputeResources {
 pub struct GatewayStorage {
     /// The volume's size as a quantity string, e.g. 10Gi; at least 1Gi. It may only grow (the storage class must allow expansion).
     #[schemars(schema_with = "storage_size_schema")]
-    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage size may only grow"))]
+    // quantity() fails on a size that is no quantity, which the size's own rule reports.
+    #[x_kube(validation = Rule::new("!(isQuantity(self) && isQuantity(oldSelf)) || quantity(self).compareTo(quantity(oldSelf)) >= 0").message("storage size may only grow"))]
     pub size: Quantity,
 
-    /// The StorageClass of the volume. Unset: the cluster's default. Immutable once set, as a volume cannot change class.
+    /// The StorageClass of the volume. Unset: the cluster's default. Only set together with storage itself: once storage is set, the class can be neither set, changed nor removed, as a volume cannot change class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253), regex(pattern = crate::DNS_SUBDOMAIN))]
     pub storage_class_name: Option<String>,

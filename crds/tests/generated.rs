@@ -74,92 +74,132 @@ fn every_field_is_documented() {
     }
 }
 
-fn columns(crd: &CustomResourceDefinition) -> Vec<(String, Option<i32>)> {
-    crd.spec.versions[0]
+/// Paths of the schemas in `schema` that admit `null`.
+fn nullable(schema: &Value, path: &str, out: &mut Vec<String>) {
+    match schema {
+        Value::Object(node) => {
+            if node.get("nullable") == Some(&Value::Bool(true)) {
+                out.push(path.to_owned());
+            }
+            for (key, value) in node {
+                nullable(value, &format!("{path}.{key}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                nullable(item, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn no_spec_field_admits_null() {
+    // The API server keeps a null where a schema is nullable, skips the rules on it and
+    // counts it as present in `has()`: a null would slip past every rule on the field.
+    for (kind, crd) in [("Tenant", Tenant::crd()), ("Connection", Connection::crd())] {
+        let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("serializes");
+        let mut found = Vec::new();
+        nullable(
+            &schema["openAPIV3Schema"]["properties"]["spec"],
+            &format!("{kind}.spec"),
+            &mut found,
+        );
+        assert!(found.is_empty(), "nullable spec schemas: {found:?}");
+    }
+}
+
+/// What `kubectl` shows of a CRD: its names, scope, columns and selectable fields.
+struct Shape<'a> {
+    name: &'a str,
+    scope: &'a str,
+    short_names: &'a [&'a str],
+    /// Each column's name and priority (none: shown by plain `kubectl get`).
+    columns: &'a [(&'a str, Option<i32>)],
+    selectable: &'a [&'a str],
+}
+
+#[track_caller]
+fn assert_shape(crd: &CustomResourceDefinition, shape: &Shape) {
+    let version = &crd.spec.versions[0];
+    assert_eq!(crd.metadata.name.as_deref(), Some(shape.name));
+    assert_eq!(crd.spec.group, API_GROUP);
+    assert_eq!(version.name, API_VERSION);
+    assert_eq!(crd.spec.scope, shape.scope);
+    assert_eq!(crd.spec.names.categories, Some(vec!["moltbot".into()]));
+    let short_names: Vec<&str> = crd
+        .spec
+        .names
+        .short_names
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(short_names, shape.short_names);
+    assert!(
+        version
+            .subresources
+            .as_ref()
+            .is_some_and(|s| s.status.is_some()),
+        "a status subresource"
+    );
+    let columns: Vec<(&str, Option<i32>)> = version
         .additional_printer_columns
         .iter()
         .flatten()
-        .map(|c| (c.name.clone(), c.priority))
-        .collect()
-}
-
-fn selectable(crd: &CustomResourceDefinition) -> Vec<String> {
-    crd.spec.versions[0]
+        .map(|c| (c.name.as_str(), c.priority))
+        .collect();
+    assert_eq!(columns, shape.columns);
+    let selectable: Vec<&str> = version
         .selectable_fields
         .iter()
         .flatten()
-        .map(|f| f.json_path.clone())
-        .collect()
-}
-
-fn names(list: &[(&str, Option<i32>)]) -> Vec<(String, Option<i32>)> {
-    list.iter().map(|(n, p)| (n.to_string(), *p)).collect()
+        .map(|f| f.json_path.as_str())
+        .collect();
+    assert_eq!(selectable, shape.selectable);
 }
 
 #[test]
 fn tenant_is_cluster_scoped_with_its_columns() {
-    let crd = Tenant::crd();
-    assert_eq!(
-        crd.metadata.name.as_deref(),
-        Some("tenants.cloud.moltbot.com")
-    );
-    assert_eq!(crd.spec.group, API_GROUP);
-    assert_eq!(crd.spec.versions[0].name, API_VERSION);
-    assert_eq!(crd.spec.scope, "Cluster");
-    assert_eq!(crd.spec.names.categories, Some(vec!["moltbot".into()]));
-    assert_eq!(
-        crd.spec.names.short_names,
-        Some(vec!["mtenant".into(), "mt".into()])
-    );
-    assert!(
-        crd.spec.versions[0]
-            .subresources
-            .as_ref()
-            .is_some_and(|s| s.status.is_some())
-    );
-    assert_eq!(
-        columns(&crd),
-        names(&[
-            ("Plan", None),
-            ("Ready", None),
-            ("Phase", None),
-            ("Connections", None),
-            ("Age", None),
-            ("Namespace", Some(1)),
-            ("Endpoint", Some(1)),
-            ("Reason", Some(1)),
-        ])
+    assert_shape(
+        &Tenant::crd(),
+        &Shape {
+            name: "tenants.cloud.moltbot.com",
+            scope: "Cluster",
+            short_names: &["mtenant", "mt"],
+            columns: &[
+                ("Plan", None),
+                ("Ready", None),
+                ("Phase", None),
+                ("Connections", None),
+                ("Age", None),
+                ("Namespace", Some(1)),
+                ("Endpoint", Some(1)),
+                ("Reason", Some(1)),
+            ],
+            selectable: &[".spec.owner"],
+        },
     );
 }
 
 #[test]
 fn connection_is_namespaced_with_its_columns() {
-    let crd = Connection::crd();
-    assert_eq!(
-        crd.metadata.name.as_deref(),
-        Some("connections.cloud.moltbot.com")
-    );
-    assert_eq!(crd.spec.group, API_GROUP);
-    assert_eq!(crd.spec.versions[0].name, API_VERSION);
-    assert_eq!(crd.spec.scope, "Namespaced");
-    assert_eq!(crd.spec.names.categories, Some(vec!["moltbot".into()]));
-    assert_eq!(crd.spec.names.short_names, Some(vec!["mconn".into()]));
-    assert_eq!(selectable(&crd), [".spec.type"]);
-    assert!(
-        crd.spec.versions[0]
-            .subresources
-            .as_ref()
-            .is_some_and(|s| s.status.is_some())
-    );
-    assert_eq!(
-        columns(&crd),
-        names(&[
-            ("Type", None),
-            ("Mode", None),
-            ("Ready", None),
-            ("Last event", None),
-            ("Age", None),
-            ("Reason", Some(1)),
-        ])
+    assert_shape(
+        &Connection::crd(),
+        &Shape {
+            name: "connections.cloud.moltbot.com",
+            scope: "Namespaced",
+            short_names: &["mconn"],
+            columns: &[
+                ("Type", None),
+                ("Mode", None),
+                ("Ready", None),
+                ("Last event", None),
+                ("Age", None),
+                ("Reason", Some(1)),
+            ],
+            selectable: &[".spec.type"],
+        },
     );
 }

@@ -228,7 +228,66 @@ fn every_error_names_its_key() {
     assert!(yaml_error.contains("not valid YAML"), "{yaml_error}");
 }
 
-/// A literal secret, as only a loaded config holds one.
+/// Asserts that neither the error's Display nor its Debug holds four characters in a row
+/// of `secret`.
+#[track_caller]
+fn assert_hides(error: &ConfigError, secret: &str) {
+    for text in [error.to_string(), format!("{error:?}")] {
+        for part in secret.as_bytes().windows(4) {
+            let part = std::str::from_utf8(part).expect("ASCII");
+            assert!(!text.contains(part), "{part:?} of the secret in {text}");
+        }
+    }
+}
+
+#[test]
+fn errors_never_show_a_secret() {
+    const SECRET: &str = "Zq8xWv3kPm7Jr2Nb";
+    const NUMBER: &str = "98765432109876543";
+    let huge = "9".repeat(400);
+    let cases = [
+        // serde's message would quote the number it found.
+        (
+            MINIMAL.replace("${TOKEN}", NUMBER),
+            NUMBER,
+            "auth.inbox_token: must be a string",
+        ),
+        // Also inside a connection, which serde reads through a buffer (it is tagged).
+        (
+            MINIMAL.replace("${TOKEN}", "0123456789abcdef")
+                + &format!("connections:\n- type: telegram\n  name: bot\n  token: {NUMBER}\n"),
+            NUMBER,
+            "must be a string",
+        ),
+        (
+            MINIMAL.replace("${TOKEN}", &format!("\"{SECRET}${{X\"")),
+            SECRET,
+            "auth.inbox_token: unterminated ${",
+        ),
+        // The parser's message would show the lines around the error.
+        (
+            format!("tenant: [unclosed\nauth:\n  inbox_token: {SECRET}\ndata_dir: /x\n"),
+            SECRET,
+            "line 2, column 5: ",
+        ),
+        // And quote a number too large to read.
+        (
+            MINIMAL.replace("${TOKEN}", &huge),
+            &huge,
+            "line 5, column 16: ",
+        ),
+    ];
+    for (yaml, secret, expected) in cases {
+        let error = load(&yaml, &[]).expect_err("refused");
+        assert_hides(&error, secret);
+        assert!(
+            error.to_string().contains(expected),
+            "{expected:?} in {error}"
+        );
+    }
+}
+
+/// A secret value, as only loading makes one.
 fn secret(text: &str) -> Secret {
     serde_json::from_value(serde_json::Value::String(text.into())).unwrap()
 }
@@ -243,6 +302,24 @@ fn reload(config: &Config, pairs: &[(&str, &str)]) -> Result<Config, ConfigError
 }
 
 const BOT_TOKEN: &str = "123456:bot-token_value";
+
+/// The secrets of [`everything_set`]: the environment variable of each, and its value.
+const INBOX: (&str, &str) = ("MOLTBOT_INBOX_TOKEN", "0123456789abcdef");
+const BOT: (&str, &str) = ("TELEGRAM_BOT_TOKEN", BOT_TOKEN);
+const HOOK: (&str, &str) = ("TELEGRAM_WEBHOOK_SECRET", "hook_secret-1");
+const OTHER_BOT: (&str, &str) = ("OTHER_BOT_TOKEN", "7:other");
+const API_KEY: (&str, &str) = ("OPENAI_API_KEY", "sk-key");
+const SECRETS: [(&str, &str); 5] = [INBOX, BOT, HOOK, OTHER_BOT, API_KEY];
+
+/// A secret as a renderer writes it.
+fn as_placeholder((name, _): (&str, &str)) -> Secret {
+    placeholder(name)
+}
+
+/// A secret as the gateway loads it.
+fn as_value((_, value): (&str, &str)) -> Secret {
+    secret(value)
+}
 
 #[test]
 fn code_built_configs_get_the_defaults_a_file_gets() {
@@ -270,13 +347,10 @@ fn code_built_configs_get_the_defaults_a_file_gets() {
     );
 }
 
-/// Every key away from its default, and `$` in every string that may hold one.
-fn everything_set() -> Config {
-    let mut config = Config::new(
-        "acme-2",
-        "/srv/$HOME/${NOT_A_VAR}",
-        secret("0123456789abcdef"),
-    );
+/// Every key away from its default, and `$` in every string that may hold one; `secret`
+/// makes each of [`SECRETS`].
+fn everything_set(secret: fn((&str, &str)) -> Secret) -> Config {
+    let mut config = Config::new("acme-2", "/srv/$HOME/${NOT_A_VAR}", secret(INBOX));
     config.tenant.display_name = Some("Acme $$ Co ${X}".into());
     config.listen = "0.0.0.0:9090".parse().unwrap();
     config.limits = Limits {
@@ -290,10 +364,10 @@ fn everything_set() -> Config {
         read_connections: 2,
     };
     config.channels.webchat.enabled = false;
-    let mut bot = TelegramConfig::new("bot", secret(BOT_TOKEN));
+    let mut bot = TelegramConfig::new("bot", secret(BOT));
     bot.api_base = "http://127.0.0.1:8081/$x".into();
     bot.mode = TelegramMode::Webhook;
-    let mut webhook = TelegramWebhook::new("https://example.com/${Y}", secret("hook_secret-1"));
+    let mut webhook = TelegramWebhook::new("https://example.com/${Y}", secret(HOOK));
     webhook.max_connections = 7;
     bot.webhook = Some(webhook);
     bot.poll_timeout = Duration::from_secs(0);
@@ -312,10 +386,10 @@ fn everything_set() -> Config {
         .connections
         .push(ConnectionConfig::Telegram(TelegramConfig::new(
             "other",
-            secret("7:other"),
+            secret(OTHER_BOT),
         )));
     let mut model = ModelConfig::new("https://models.example/$v1", "pi-$mall");
-    model.api_key = Some(secret("sk-key"));
+    model.api_key = Some(secret(API_KEY));
     model.timeout = Duration::from_secs(3725);
     model.max_retries = 5;
     model.prompt_price_per_million = 0.15;
@@ -344,18 +418,18 @@ fn everything_set() -> Config {
 
 #[test]
 fn a_config_built_in_code_renders_and_reads_back_equal() {
-    let config = everything_set();
-    assert_eq!(reload(&config, &[]).unwrap(), config);
+    let loaded = reload(&everything_set(as_placeholder), &SECRETS).unwrap();
+    assert_eq!(loaded, everything_set(as_value));
     assert_eq!(
-        reload(&Config::new("a", "d", secret("0123456789abcdef")), &[]).unwrap(),
-        Config::new("a", "d", secret("0123456789abcdef")),
+        reload(&Config::new("a", "d", as_placeholder(INBOX)), &SECRETS).unwrap(),
+        Config::new("a", "d", as_value(INBOX)),
         "an all-defaults config too"
     );
 }
 
 #[test]
 fn durations_are_written_in_the_human_form() {
-    let text = everything_set().to_yaml().unwrap();
+    let text = everything_set(as_placeholder).to_yaml().unwrap();
     for line in [
         "shutdown_grace: 1s 500ms",
         "request_timeout: 1m 30s 250ms",
@@ -368,48 +442,79 @@ fn durations_are_written_in_the_human_form() {
 
 #[test]
 fn placeholders_survive_rendering_and_are_substituted_at_load() {
-    let mut config = everything_set();
-    config.auth.inbox_token = placeholder("MOLTBOT_INBOX_TOKEN");
-    let ConnectionConfig::Telegram(bot) = &mut config.connections[0];
-    bot.token = placeholder("TELEGRAM_BOT_TOKEN");
-    bot.webhook.as_mut().unwrap().secret = placeholder("TELEGRAM_WEBHOOK_SECRET");
-    config.agent.model.as_mut().unwrap().api_key = Some(placeholder("OPENAI_API_KEY"));
-
+    let config = everything_set(as_placeholder);
     let text = config.to_yaml().unwrap();
-    for name in [
-        "MOLTBOT_INBOX_TOKEN",
-        "TELEGRAM_BOT_TOKEN",
-        "TELEGRAM_WEBHOOK_SECRET",
-        "OPENAI_API_KEY",
-    ] {
+    for (name, _) in SECRETS {
         let written = format!("${{{name}}}");
         assert!(
             text.contains(&written) && !text.contains(&format!("${written}")),
             "{written} is written as a placeholder, not escaped:\n{text}"
         );
     }
-
-    let environment = [
-        ("MOLTBOT_INBOX_TOKEN", "inbox-token-from-secret"),
-        ("TELEGRAM_BOT_TOKEN", "987:from-secret"),
-        ("TELEGRAM_WEBHOOK_SECRET", "hook-from-secret"),
-        ("OPENAI_API_KEY", "sk-from-secret"),
-    ];
-    let loaded = reload(&config, &environment).unwrap();
-    let mut expected = everything_set();
-    expected.auth.inbox_token = secret("inbox-token-from-secret");
-    let ConnectionConfig::Telegram(bot) = &mut expected.connections[0];
-    bot.token = secret("987:from-secret");
-    bot.webhook.as_mut().unwrap().secret = secret("hook-from-secret");
-    expected.agent.model.as_mut().unwrap().api_key = Some(secret("sk-from-secret"));
-    assert_eq!(loaded, expected);
-
-    let missing = reload(&config, &environment[1..]).expect_err("the inbox token is unset");
+    let missing = reload(&config, &SECRETS[1..]).expect_err("the inbox token is unset");
     assert!(
         matches!(&missing, ConfigError::MissingEnv { key, var }
             if key == "auth.inbox_token" && var == "MOLTBOT_INBOX_TOKEN"),
         "{missing}"
     );
+}
+
+#[test]
+fn a_config_the_gateway_would_refuse_is_refused_at_render_time() {
+    type Case = (fn(&mut Config), &'static str);
+    let cases: [Case; 3] = [
+        (
+            |c| c.tenant.id = "${HOME}".into(),
+            "tenant.id: must be a DNS label",
+        ),
+        (
+            |c| {
+                let ConnectionConfig::Telegram(bot) = &mut c.connections[0];
+                bot.allow_from.push("${USER_ID}".into());
+            },
+            "connections[0].allow_from:",
+        ),
+        (
+            |c| c.agent.max_tool_rounds = 17,
+            "agent.max_tool_rounds: must be between 0 and 16",
+        ),
+    ];
+    for (break_it, expected) in cases {
+        let mut config = everything_set(as_placeholder);
+        break_it(&mut config);
+        let error = config.to_yaml().expect_err(expected).to_string();
+        assert!(error.starts_with(expected), "{expected:?}: {error}");
+    }
+}
+
+#[test]
+fn a_loaded_config_is_never_written_out() {
+    let loaded = reload(&everything_set(as_placeholder), &SECRETS).unwrap();
+    let rendered = loaded.to_yaml().expect_err("it holds secret values");
+    assert!(
+        rendered
+            .to_string()
+            .starts_with("auth.inbox_token: a secret value is never written out"),
+        "{rendered}"
+    );
+    let json = serde_json::to_value(&loaded).expect_err("it holds secret values");
+    assert!(
+        json.to_string()
+            .contains("a secret value is never written out"),
+        "{json}"
+    );
+    for text in [
+        rendered.to_string(),
+        format!("{rendered:?}"),
+        json.to_string(),
+        format!("{json:?}"),
+    ] {
+        for (_, value) in SECRETS {
+            assert!(!text.contains(value), "{value} in {text}");
+        }
+    }
+    // Placeholders are what a config is written out with.
+    serde_json::to_value(everything_set(as_placeholder)).expect("placeholders are written");
 }
 
 #[test]
@@ -426,11 +531,11 @@ fn placeholder_names_are_environment_variable_names() {
 
 #[test]
 fn rendering_never_shows_secrets_in_debug_and_names_an_unwritable_key() {
-    let mut config = everything_set();
-    let debug = format!("{config:?}");
-    for value in ["0123456789abcdef", BOT_TOKEN, "hook_secret-1", "sk-key"] {
+    let debug = format!("{:?}", everything_set(as_value));
+    for (_, value) in SECRETS {
         assert!(!debug.contains(value), "Debug shows {value}: {debug}");
     }
+    let mut config = everything_set(as_placeholder);
     config.limits.shutdown_grace = Duration::MAX;
     let error = config
         .to_yaml()

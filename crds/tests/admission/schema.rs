@@ -1,10 +1,14 @@
 //! Bad input the openAPIV3Schema refuses: wrong enums, missing required fields,
 //! numbers out of range, malformed names and URLs, unknown fields.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use moltbot_protocol::config::Config;
 use serde_json::json;
 
 use crate::support::{
-    Kind, assert_admitted, assert_schema_refuses, connection, tenant, with, without,
+    Kind, assert_admitted, assert_schema_refuses, connection, schema_errors, tenant, with, without,
 };
 
 #[test]
@@ -278,4 +282,67 @@ fn status_is_checked_too() {
         &with(connection("webchat"), "/status/state", json!("online")),
         "/status/state",
     );
+}
+
+/// Whether the gateway's config validation accepts `id` in `field` of a Telegram
+/// connection.
+fn gateway_accepts(field: &str, id: &str) -> bool {
+    let yaml = format!(
+        "tenant:\n  id: alice\ndata_dir: /data\nauth:\n  inbox_token: 0123456789abcdef\n\
+         connections:\n- type: telegram\n  name: bot\n  token: \"123:abc\"\n  {field}: [\"{id}\"]\n"
+    );
+    Config::from_yaml(&yaml, Path::new("gateway.yaml"), &BTreeMap::new()).is_ok()
+}
+
+#[test]
+fn telegram_ids_the_crd_admits_are_ids_the_gateway_accepts() {
+    let base = with(
+        connection("telegram"),
+        "/spec/telegram/dmPolicy",
+        json!("allowlist"),
+    );
+    // (id, the CRD admits it, the gateway accepts it) at the edges of 16 digits and of
+    // i64; the gateway reads any i64, the CRD only the 52 bits Telegram uses.
+    let user_ids = [
+        ("0", true, true),
+        ("4503599627370495", true, true),
+        ("9999999999999999", true, true),
+        ("10000000000000000", false, true),
+        ("9223372036854775807", false, true),
+        ("9223372036854775808", false, false),
+        ("99999999999999999999", false, false),
+        ("-42", false, true),
+    ];
+    let chat_ids = [
+        ("-1001234567890", true, true),
+        ("-9999999999999999", true, true),
+        ("-10000000000000000", false, true),
+        ("-9223372036854775808", false, true),
+        ("-9223372036854775809", false, false),
+        ("-99999999999999999999", false, false),
+        ("9999999999999999", true, true),
+    ];
+    for (crd_field, gateway_field, ids) in [
+        ("allowFrom", "allow_from", &user_ids[..]),
+        ("allowGroups", "allow_groups", &chat_ids[..]),
+    ] {
+        for &(id, crd, gateway) in ids {
+            let object = with(
+                base.clone(),
+                &format!("/spec/telegram/{crd_field}"),
+                json!([id]),
+            );
+            let admitted = schema_errors(Kind::Connection, &object).is_empty();
+            let accepted = gateway_accepts(gateway_field, id);
+            assert_eq!(
+                (admitted, accepted),
+                (crd, gateway),
+                "{crd_field} {id}: (CRD admits, gateway accepts)"
+            );
+            assert!(
+                accepted || !admitted,
+                "the CRD admits {crd_field} {id}, which the gateway refuses"
+            );
+        }
+    }
 }

@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConnectionConfig};
+use crate::config::{Config, ConnectionConfig, WEBCHAT_CONNECTION};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -199,7 +199,7 @@ impl Connectors {
         let mut by_name: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
         if config.channels.webchat.enabled {
             by_name.insert(
-                webchat::CONNECTION.to_string(),
+                WEBCHAT_CONNECTION.to_string(),
                 Arc::new(webchat::Webchat::new(store.clone())),
             );
         }

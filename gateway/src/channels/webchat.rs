@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
+use moltbot_protocol::config::WEBCHAT_CONNECTION;
 use moltbot_protocol::event::{
     ConnectionState, ConversationKind, ConversationRef, EventBody, MessageReceived, Participant,
     Source,
@@ -19,9 +20,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Connector, Health, OutgoingPart, SendError};
 use crate::store::Store;
-
-/// The connection name of web chat; every gateway has exactly one.
-pub const CONNECTION: &str = moltbot_protocol::config::WEBCHAT_CONNECTION;
 
 pub struct Webchat {
     health: Health,
@@ -38,7 +36,7 @@ impl Webchat {
 #[async_trait]
 impl Connector for Webchat {
     fn name(&self) -> &str {
-        CONNECTION
+        WEBCHAT_CONNECTION
     }
 
     fn channel(&self) -> Channel {
@@ -67,7 +65,7 @@ impl Connector for Webchat {
 pub fn source() -> Source {
     Source {
         channel: Channel::Webchat,
-        connection: CONNECTION.to_string(),
+        connection: WEBCHAT_CONNECTION.to_string(),
     }
 }
 

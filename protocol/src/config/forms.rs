@@ -1,11 +1,9 @@
 //! How values are written in the file where serde's own form is not the one wanted.
 
 use std::fmt;
-use std::path::Path;
 use std::str::FromStr;
 
-use serde::ser::Error as _;
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::{DmPolicy, GroupPolicy, LogFormat, Synchronous, TelegramMode};
@@ -47,31 +45,6 @@ pub(super) mod duration {
             .map_err(|_| serde::ser::Error::custom("is too long to write"))?;
         // `{:#}` is jiff's friendly form (`1m 30s`); it keeps every nanosecond.
         serializer.collect_str(&format_args!("{signed:#}"))
-    }
-}
-
-/// Writes a string with every `$` doubled. The loader substitutes `${…}` and `$$` in every
-/// string it reads, so this is the text that reads back as the same string. Only a
-/// [`Secret`](super::Secret) is written raw, so that a placeholder stays one.
-pub(super) fn literal<S: Serializer>(text: &str, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&text.replace('$', "$$"))
-}
-
-pub(super) fn literal_opt<S: Serializer>(
-    text: &Option<String>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match text {
-        Some(text) => literal(text, serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
-pub(super) fn literal_path<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
-    match path.to_str() {
-        Some(text) => literal(text, serializer),
-        // YAML text is UTF-8; writing the path lossily would name another directory.
-        None => Err(S::Error::custom("is not valid UTF-8")),
     }
 }
 

@@ -12,8 +12,10 @@
 //! Writing ([`Config::to_yaml`]): a renderer builds a [`Config`] in code ([`Config::new`],
 //! [`TelegramConfig::new`], [`ModelConfig::new`] and the `Default`s), puts a
 //! [`Secret::placeholder`] wherever a secret goes, and renders it. Reading the text back
-//! gives an equal `Config`, with the placeholders substituted from the environment.
+//! gives an equal `Config`, with the placeholders substituted from the environment. A
+//! config that holds secret values (a loaded one) cannot be rendered.
 
+mod escape;
 mod forms;
 mod validate;
 mod yaml;
@@ -23,10 +25,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de, ser};
 use thiserror::Error;
 
-use self::forms::{duration, lenient, literal, literal_opt, literal_path};
+use self::forms::{duration, lenient};
 use crate::inbox::AgentMode;
 
 /// The connection name of the built-in web chat, which every gateway has: no configured
@@ -50,8 +52,9 @@ pub enum ConfigError {
         "{key}: environment variable {var} is not set (write ${{{var}:-default}} for a default)"
     )]
     MissingEnv { key: String, var: String },
-    #[error("{key}: unterminated ${{ in {value:?}")]
-    BadPlaceholder { key: String, value: String },
+    /// Names the key only: the value may be a secret.
+    #[error("{key}: unterminated ${{ (write $$ for a literal $)")]
+    BadPlaceholder { key: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
     #[error(
@@ -69,16 +72,22 @@ impl ConfigError {
     }
 }
 
-/// A secret string: `Debug` never shows it.
+/// A secret string: `Debug` never shows it, and serialising writes only a placeholder.
 ///
-/// It serialises as its raw text, unlike other strings (see [`Config::to_yaml`]). That is
-/// acceptable because renderers never hold secret values: they write a
-/// [`placeholder`](Self::placeholder), `${NAME}`, and the gateway substitutes it when it
-/// loads the file, from an environment backed by a Kubernetes Secret (or set by the local
-/// runtime). Only a loaded config holds real values, and nothing renders a loaded config.
-#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// A secret is either a placeholder or a value. A renderer writes a
+/// [`placeholder`](Self::placeholder), `${NAME}`, wherever a secret goes, and the gateway
+/// substitutes it when it loads the file, from an environment backed by a Kubernetes Secret
+/// (or set by the local runtime). Values come only from loading (deserialising), and
+/// serialising one is an error, so a loaded config is never written out with its secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(SecretForm);
+
+#[derive(Clone, PartialEq, Eq)]
+enum SecretForm {
+    /// `${NAME}`.
+    Placeholder(String),
+    Value(String),
+}
 
 impl Secret {
     /// `${env_var}`: the value of `env_var` in the gateway's environment once loaded.
@@ -95,11 +104,42 @@ impl Secret {
                 name: env_var.to_string(),
             });
         }
-        Ok(Self(format!("${{{env_var}}}")))
+        Ok(Self(SecretForm::Placeholder(format!("${{{env_var}}}"))))
     }
 
+    /// The secret's text: a loaded value, or a placeholder's `${NAME}` (what the file holds
+    /// in its place). The gateway only reads loaded values.
     pub fn expose(&self) -> &str {
-        &self.0
+        match &self.0 {
+            SecretForm::Placeholder(text) | SecretForm::Value(text) => text,
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            // Under a name only the renderer looks for, so that it leaves the `$` single.
+            SecretForm::Placeholder(text) => {
+                serializer.serialize_newtype_struct(escape::PLACEHOLDER, text)
+            }
+            SecretForm::Value(_) => Err(ser::Error::custom(
+                "a secret value is never written out (render a Secret::placeholder)",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // serde's own message quotes what it found instead, which is the secret.
+        String::deserialize(deserializer)
+            .map(|value| Self(SecretForm::Value(value)))
+            .map_err(|_| {
+                de::Error::custom(
+                    "must be a string (quote a value YAML reads as a number or boolean)",
+                )
+            })
     }
 }
 
@@ -117,7 +157,6 @@ pub struct Config {
     #[serde(default = "default_listen", deserialize_with = "lenient")]
     pub listen: SocketAddr,
     /// Where the tenant's database lives; relative paths are relative to the working directory.
-    #[serde(serialize_with = "literal_path")]
     pub data_dir: PathBuf,
     pub auth: AuthConfig,
     #[serde(default)]
@@ -165,11 +204,7 @@ impl Config {
 pub struct TenantConfig {
     /// A DNS label: it also names the tenant's namespace.
     pub id: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "literal_opt"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
 }
 
@@ -314,7 +349,7 @@ pub struct TelegramConfig {
     /// The bot token from BotFather.
     pub token: Secret,
     /// Base URL of the Bot API (a local Bot API server or a test fake).
-    #[serde(default = "default_telegram_api_base", serialize_with = "literal")]
+    #[serde(default = "default_telegram_api_base")]
     pub api_base: String,
     #[serde(default, deserialize_with = "lenient")]
     pub mode: TelegramMode,
@@ -366,7 +401,6 @@ impl TelegramConfig {
 #[serde(deny_unknown_fields)]
 pub struct TelegramWebhook {
     /// The gateway's public base URL; Telegram posts to `{public_url}/hooks/{name}`.
-    #[serde(serialize_with = "literal")]
     pub public_url: String,
     /// Sent back by Telegram in `X-Telegram-Bot-Api-Secret-Token`: 1-256 of A-Z a-z 0-9 _ -.
     pub secret: Secret,
@@ -451,7 +485,7 @@ pub struct AgentConfig {
     pub default_mode: AgentMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelConfig>,
-    #[serde(default = "default_system_prompt", serialize_with = "literal")]
+    #[serde(default = "default_system_prompt")]
     pub system_prompt: String,
     /// Budget of the prompt: memory, summary and as many recent messages as fit.
     #[serde(default = "default_context_tokens", deserialize_with = "lenient")]
@@ -466,7 +500,7 @@ pub struct AgentConfig {
     #[serde(default = "default_tokens_per_day", deserialize_with = "lenient")]
     pub tokens_per_day: u64,
     /// What the agent says, once per conversation and day, when the daily budget is spent.
-    #[serde(default = "default_budget_reply", serialize_with = "literal")]
+    #[serde(default = "default_budget_reply")]
     pub budget_exhausted_reply: String,
     /// Tools the model is offered.
     #[serde(default = "default_tools")]
@@ -506,12 +540,10 @@ impl Default for AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// Up to and including `/v1`.
-    #[serde(serialize_with = "literal")]
     pub base_url: String,
     /// Empty for servers that need none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<Secret>,
-    #[serde(serialize_with = "literal")]
     pub model: String,
     /// Longest wait for one model answer, streaming included.
     #[serde(default = "default_model_timeout", with = "duration")]
@@ -555,7 +587,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `moltbot_gateway=debug,info`); `RUST_LOG` wins over it.
-    #[serde(default = "default_log_level", serialize_with = "literal")]
+    #[serde(default = "default_log_level")]
     pub level: String,
     #[serde(default, deserialize_with = "lenient")]
     pub format: LogFormat,

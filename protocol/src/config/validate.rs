@@ -1,4 +1,5 @@
-//! The rules a loaded config must follow; each refusal names its key.
+//! The rules a config must follow: a loaded one all of them, one being rendered those of
+//! everything but its secrets. Each refusal names its key.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -9,27 +10,18 @@ use super::{
 };
 
 impl Config {
+    /// Every rule: the settings' and the secrets'.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_settings()?;
+        self.validate_secrets()
+    }
+
+    /// The rules of everything but the secrets, which a renderer holds only as placeholders.
+    pub(super) fn validate_settings(&self) -> Result<(), ConfigError> {
         if !is_dns_label(&self.tenant.id) {
             return Err(ConfigError::invalid(
                 "tenant.id",
                 "must be a DNS label: 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
-            ));
-        }
-        let token = self.auth.inbox_token.expose();
-        if token.len() < 16 {
-            return Err(ConfigError::invalid(
-                "auth.inbox_token",
-                "must be at least 16 characters",
-            ));
-        }
-        if !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
-        {
-            return Err(ConfigError::invalid(
-                "auth.inbox_token",
-                "may only contain letters, digits and - . _ ~ + / =",
             ));
         }
         if !(1024..=64 << 20).contains(&self.limits.max_body_bytes) {
@@ -78,10 +70,38 @@ impl Config {
                 ));
             }
             match connection {
-                ConnectionConfig::Telegram(telegram) => telegram.validate(&key)?,
+                ConnectionConfig::Telegram(telegram) => telegram.validate_settings(&key)?,
             }
         }
         self.agent.validate()
+    }
+
+    /// The rules of the secrets' values, which only a loaded config holds.
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        let token = self.auth.inbox_token.expose();
+        if token.len() < 16 {
+            return Err(ConfigError::invalid(
+                "auth.inbox_token",
+                "must be at least 16 characters",
+            ));
+        }
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+        {
+            return Err(ConfigError::invalid(
+                "auth.inbox_token",
+                "may only contain letters, digits and - . _ ~ + / =",
+            ));
+        }
+        for (i, connection) in self.connections.iter().enumerate() {
+            match connection {
+                ConnectionConfig::Telegram(telegram) => {
+                    telegram.validate_secrets(&format!("connections[{i}]"))?
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -120,23 +140,7 @@ fn check_range<T: PartialOrd + fmt::Display>(
 }
 
 impl TelegramConfig {
-    fn validate(&self, key: &str) -> Result<(), ConfigError> {
-        let token = self.token.expose();
-        let well_formed = token.split_once(':').is_some_and(|(id, secret)| {
-            !id.is_empty()
-                && id.bytes().all(|b| b.is_ascii_digit())
-                && !secret.is_empty()
-                && secret
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
-        if !well_formed {
-            // Never echo the token.
-            return Err(ConfigError::invalid(
-                &format!("{key}.token"),
-                "is not a bot token (digits, ':', then letters, digits, _ and -)",
-            ));
-        }
+    fn validate_settings(&self, key: &str) -> Result<(), ConfigError> {
         check_url(&format!("{key}.api_base"), &self.api_base)?;
         match (&self.mode, &self.webhook) {
             (TelegramMode::Webhook, None) => {
@@ -147,18 +151,6 @@ impl TelegramConfig {
             }
             (_, Some(webhook)) => {
                 check_url(&format!("{key}.webhook.public_url"), &webhook.public_url)?;
-                let secret = webhook.secret.expose();
-                if secret.is_empty()
-                    || secret.len() > 256
-                    || !secret
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                {
-                    return Err(ConfigError::invalid(
-                        &format!("{key}.webhook.secret"),
-                        "must be 1-256 of A-Z a-z 0-9 _ -",
-                    ));
-                }
                 check_range(
                     &format!("{key}.webhook.max_connections"),
                     webhook.max_connections,
@@ -198,6 +190,40 @@ impl TelegramConfig {
             ("global_per_second", limits.global_per_second),
         ] {
             check_range(&format!("{key}.rate_limit.{field}"), value, 1, 100_000)?;
+        }
+        Ok(())
+    }
+
+    fn validate_secrets(&self, key: &str) -> Result<(), ConfigError> {
+        let token = self.token.expose();
+        let well_formed = token.split_once(':').is_some_and(|(id, secret)| {
+            !id.is_empty()
+                && id.bytes().all(|b| b.is_ascii_digit())
+                && !secret.is_empty()
+                && secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !well_formed {
+            // Never echo the token.
+            return Err(ConfigError::invalid(
+                &format!("{key}.token"),
+                "is not a bot token (digits, ':', then letters, digits, _ and -)",
+            ));
+        }
+        if let Some(webhook) = &self.webhook {
+            let secret = webhook.secret.expose();
+            if secret.is_empty()
+                || secret.len() > 256
+                || !secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(ConfigError::invalid(
+                    &format!("{key}.webhook.secret"),
+                    "must be 1-256 of A-Z a-z 0-9 _ -",
+                ));
+            }
         }
         Ok(())
     }
