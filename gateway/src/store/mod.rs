@@ -200,8 +200,6 @@ impl Store {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
-            // As for the writer: pages through a mapping, not a read system call each.
-            .pragma("mmap_size", MMAP_SIZE.to_string())
             .log_statements(tracing::log::LevelFilter::Trace);
         // This connection migrates, then checkpoints beside the writer.
         let mut checkpoints = base.clone().create_if_missing(true).connect().await?;
@@ -366,9 +364,6 @@ async fn stable_plans(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     }
 }
 
-/// Bytes of the database file each connection maps.
-const MMAP_SIZE: i64 = 256 << 20;
-
 /// The writer's connection; the database exists and is migrated by now.
 fn open_writer(path: &Path, synchronous: Synchronous) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path)?;
@@ -386,7 +381,7 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> Result<rusqlite::Connec
     conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
     // Pages are read through a mapping rather than a system call each: the writer's index
     // lookups land all over a large database.
-    conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
+    conn.pragma_update(None, "mmap_size", 256 << 20)?;
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // Every statement the writer runs stays prepared.
     conn.set_prepared_statement_cache_capacity(64);
