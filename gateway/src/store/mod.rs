@@ -343,23 +343,33 @@ impl Store {
 /// Without it, this SQLite prepares a statement with a bound `LIMIT ?` again at every
 /// execution: a third of the read connections' time in the Telegram bench.
 async fn stable_plans(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    query_plan_stability(conn, 1).await.map(drop)
+}
+
+/// Sets a connection's QPSG setting to `value` (0 or 1; -1 leaves it) and answers the
+/// setting after the call.
+async fn query_plan_stability(
+    conn: &mut SqliteConnection,
+    value: std::ffi::c_int,
+) -> Result<std::ffi::c_int, sqlx::Error> {
     use libsqlite3_sys::{SQLITE_DBCONFIG_ENABLE_QPSG, SQLITE_OK, sqlite3_db_config};
     let mut handle = conn.lock_handle().await?;
+    let mut setting: std::ffi::c_int = -1;
     // SAFETY: the locked handle keeps sqlx's worker off the connection meanwhile, and this
-    // option takes an int and an optional pointer for the new setting (none here).
+    // option takes an int and a pointer to an int that receives the setting.
     let rc = unsafe {
         sqlite3_db_config(
             handle.as_raw_handle().as_ptr(),
             SQLITE_DBCONFIG_ENABLE_QPSG,
-            1 as std::ffi::c_int,
-            std::ptr::null_mut::<std::ffi::c_int>(),
+            value,
+            &mut setting as *mut std::ffi::c_int,
         )
     };
     if rc == SQLITE_OK {
-        Ok(())
+        Ok(setting)
     } else {
         Err(sqlx::Error::Configuration(
-            format!("cannot keep query plans stable (SQLite code {rc})").into(),
+            format!("cannot set query plan stability (SQLite code {rc})").into(),
         ))
     }
 }
@@ -429,24 +439,6 @@ pub async fn close(reads: SqlitePool, data_dir: &Path) -> Result<(), StoreError>
 mod tests {
     use super::*;
 
-    /// The QPSG setting of a read connection, asked of SQLite itself.
-    async fn plans_kept_stable(store: &Store) -> std::ffi::c_int {
-        use libsqlite3_sys::{SQLITE_DBCONFIG_ENABLE_QPSG, sqlite3_db_config};
-        let mut conn = store.reads().acquire().await.unwrap();
-        let mut handle = conn.lock_handle().await.unwrap();
-        let mut enabled: std::ffi::c_int = -1;
-        // SAFETY: as in `stable_plans`; -1 only reads the setting into `enabled`.
-        unsafe {
-            sqlite3_db_config(
-                handle.as_raw_handle().as_ptr(),
-                SQLITE_DBCONFIG_ENABLE_QPSG,
-                -1 as std::ffi::c_int,
-                &mut enabled as *mut std::ffi::c_int,
-            );
-        }
-        enabled
-    }
-
     #[tokio::test]
     async fn read_connections_keep_their_query_plans() {
         let dir = tempfile::tempdir().unwrap();
@@ -464,7 +456,9 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(plans_kept_stable(&store).await, 1);
+        let mut conn = store.reads().acquire().await.unwrap();
+        assert_eq!(query_plan_stability(&mut conn, -1).await.unwrap(), 1);
+        drop(conn);
         writer.finish().await;
     }
 }
