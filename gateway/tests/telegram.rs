@@ -179,6 +179,51 @@ async fn pi_answers_a_direct_message_and_the_run_is_recorded() {
     assert!(status["agent"]["tokens_today"].as_u64().unwrap() > 0);
 }
 
+/// Each run reads only the messages since the previous one; an edit in between must still
+/// reach the next prompt, and nothing of the conversation may go missing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_prompt_holds_the_whole_history_as_it_is_now() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let chat = ChatSpec::private(42);
+    let say = async |text: &str, replies: usize| {
+        let sent = setup.telegram.user_sends(BOT, &chat, &ann(), text);
+        setup
+            .telegram
+            .wait_for_sent(BOT, replies, Duration::from_secs(10))
+            .await;
+        sent["message_id"].as_i64().unwrap()
+    };
+    let first = say("I live in Lisbon", 1).await;
+    say("I have a cat", 2).await;
+    setup
+        .telegram
+        .user_edits(BOT, &chat, &ann(), first, "I live in Porto");
+    eventually("the edit stored", &gateway, async || {
+        let hits = get(&gateway, "/v1/search?q=porto").await;
+        (!hits["items"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    say("Where do I live?", 3).await;
+
+    let requests = setup.model.requests();
+    assert_eq!(requests.len(), 3, "{}", gateway.log_text());
+    let prompt = requests[2]["messages"].to_string();
+    for part in [
+        "I live in Porto",
+        "You said: I live in Lisbon",
+        "I have a cat",
+        "You said: I have a cat",
+        "Where do I live?",
+    ] {
+        assert!(prompt.contains(part), "{part:?} missing from {prompt}");
+    }
+    assert!(
+        !prompt.contains("\"I live in Lisbon"),
+        "the edited message is in the prompt as it was: {prompt}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_malformed_update_is_skipped_and_polling_moves_on() {
     let setup = Setup::new(Duration::ZERO).await;

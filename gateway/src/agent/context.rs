@@ -16,6 +16,8 @@
 
 use std::fmt::Write as _;
 
+use moltbot_protocol::ids::MessageId;
+
 use super::model::{ChatMessage, ChatRequest};
 
 /// Tokens a message costs beyond its text (role and framing), as OpenAI's guidance counts.
@@ -76,6 +78,7 @@ pub(crate) fn estimate_message_tokens(message: &ChatMessage) -> u32 {
 /// One stored message of the conversation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct HistoryMessage {
+    pub id: MessageId,
     /// The message's position in the conversation; increases with time.
     pub seq: i64,
     /// From the person (or group members) rather than from Pi or the owner.
@@ -369,6 +372,7 @@ mod tests {
 
     fn message(seq: i64, inbound: bool, text: &str) -> HistoryMessage {
         HistoryMessage {
+            id: MessageId(ulid::Ulid::from_parts(seq as u64, 0)),
             seq,
             inbound,
             sender: inbound.then(|| "Ann".to_owned()),
@@ -630,10 +634,8 @@ mod tests {
     fn summary_request_holds_the_previous_summary_and_the_messages() {
         let older = vec![
             HistoryMessage {
-                seq: 1,
-                inbound: true,
                 sender: Some("Ann\nB".into()),
-                text: "I moved to Porto".into(),
+                ..message(1, true, "I moved to Porto")
             },
             message(2, false, "Congratulations!"),
         ];

@@ -10,6 +10,7 @@
 //! without an outcome, so they run again at the next start: nobody gets a "please retry".
 
 mod context;
+mod history;
 mod model;
 mod tools;
 
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use self::context::{ContextInput, HistoryMessage, Overflow};
+use self::history::{CachedHistory, HistoryCache, Revision};
 use self::model::{ChatMessage, ChatRequest, ModelClient, ModelError, StreamEvent, Turn, Usage};
 use crate::bus::Bus;
 use crate::channels::Connectors;
@@ -42,6 +44,8 @@ const HISTORY_MESSAGES: u32 = 200;
 const IDLE: Duration = Duration::from_secs(30);
 /// A run still working after this long shows the chat a typing indicator.
 const TYPING_AFTER: Duration = Duration::from_millis(500);
+/// Text of recent history kept between runs, across conversations.
+const HISTORY_CACHE_BYTES: usize = 16 << 20;
 
 /// What a new message queues, from the config.
 pub fn run_policy(config: &AgentConfig) -> RunPolicy {
@@ -74,7 +78,16 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     config: watch::Receiver<Arc<Config>>,
     model: Arc<Mutex<Option<CachedModel>>>,
+    history: Arc<HistoryCache>,
     follow_ups_changed: Arc<Notify>,
+}
+
+/// What a run starts from: the store's answer, and the history the prompt is built from.
+struct Started {
+    start: RunStart,
+    history: Vec<HistoryMessage>,
+    /// When `history` was last read in full.
+    loaded_at: Instant,
 }
 
 impl Agent {
@@ -92,6 +105,7 @@ impl Agent {
             metrics,
             config,
             model: Arc::new(Mutex::new(None)),
+            history: Arc::new(HistoryCache::new(HISTORY_CACHE_BYTES)),
             follow_ups_changed: Arc::new(Notify::new()),
         }
     }
@@ -157,21 +171,21 @@ impl Agent {
     }
 
     async fn execute(&self, run: QueuedRun) {
-        let started = Instant::now();
+        let began = Instant::now();
         let config = self.config.borrow().clone();
         let mut usage = RunUsage::default();
         let day = UsageDay::of(Timestamp::now());
-        let start = match self.store.run_start(run.id, day, HISTORY_MESSAGES).await {
-            Ok(Some(start)) => start,
+        let started = match self.read_start(&run, day).await {
+            Ok(Some(started)) => started,
             Ok(None) => return,
             Err(e) => {
                 tracing::warn!(run_id = %run.id, error = %e, "cannot read a queued run");
                 return;
             }
         };
-        let answered = start.answered;
+        let answered = started.start.answered;
         self.announce_running(&run).await;
-        let outcome = match self.answer(&run, start, day, &config, &mut usage).await {
+        let outcome = match self.answer(&run, started, day, &config, &mut usage).await {
             Ok(outcome) => outcome,
             Err(RunError::Store(e)) => {
                 // The store is failing; leave the run queued for a later attempt.
@@ -211,12 +225,48 @@ impl Agent {
                     .inc();
                 self.metrics
                     .agent_run_duration
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(began.elapsed().as_secs_f64());
             }
             Err(e) => {
                 tracing::warn!(run_id = %run.id, error = %e, "cannot record an agent run's outcome")
             }
         }
+    }
+
+    /// Reads what a run starts from. The conversation's history comes from the cache plus
+    /// the messages since, or in full when the cache has no copy it can trust.
+    async fn read_start(
+        &self,
+        run: &QueuedRun,
+        day: UsageDay,
+    ) -> Result<Option<Started>, StoreError> {
+        let cached = self.history.take(run.conversation_id);
+        let after = cached.as_ref().and_then(CachedHistory::read_after);
+        let read = |after| self.store.run_start(run.id, day, HISTORY_MESSAGES, after);
+        let Some(mut start) = read(after).await? else {
+            return Ok(None);
+        };
+        if let Some(copy) = cached.filter(|_| after.is_some()) {
+            let loaded_at = copy.loaded_at();
+            let newer = std::mem::take(&mut start.context.history);
+            if let Some(history) = copy.extend(revision(&start), newer, HISTORY_MESSAGES as usize) {
+                return Ok(Some(Started {
+                    start,
+                    history,
+                    loaded_at,
+                }));
+            }
+            let Some(full) = read(None).await? else {
+                return Ok(None);
+            };
+            start = full;
+        }
+        let history = history::from_rows(std::mem::take(&mut start.context.history));
+        Ok(Some(Started {
+            start,
+            history,
+            loaded_at: Instant::now(),
+        }))
     }
 
     /// Tells inbox subscribers the run started.
@@ -234,11 +284,17 @@ impl Agent {
     async fn answer(
         &self,
         run: &QueuedRun,
-        start: RunStart,
+        started: Started,
         day: UsageDay,
         config: &Config,
         usage: &mut RunUsage,
     ) -> Result<RunOutcome, RunError> {
+        let Started {
+            start,
+            mut history,
+            loaded_at,
+        } = started;
+        let mut at = revision(&start);
         let agent = &config.agent;
         let Some(model_config) = &agent.model else {
             return Ok(RunOutcome::Failed(
@@ -272,16 +328,6 @@ impl Agent {
                     }
                 }))
             });
-        let mut history: Vec<HistoryMessage> = context
-            .history
-            .iter()
-            .map(|h| HistoryMessage {
-                seq: h.seq,
-                inbound: h.inbound,
-                sender: h.sender.clone(),
-                text: h.text.clone(),
-            })
-            .collect();
         let mut summary = context.summary.take().map(|(text, _)| text);
         let input = |summary: Option<&str>, history: &[HistoryMessage]| {
             context::build(&ContextInput {
@@ -307,9 +353,12 @@ impl Agent {
                 .save_summary(run.conversation_id, text.clone(), up_to_seq)
                 .await?;
             summary = Some(text);
+            at.summary_up_to = Some(up_to_seq);
             history = newer;
             built = input(summary.as_deref(), &history);
         }
+        self.history
+            .put(run.conversation_id, at, loaded_at, history);
         let toolbox = tools::Toolbox {
             store: &self.store,
             run_id: run.id,
@@ -439,6 +488,14 @@ impl Agent {
                 _ = tokio::time::sleep(sleep) => {}
             }
         }
+    }
+}
+
+fn revision(start: &RunStart) -> Revision {
+    Revision {
+        rev: start.context.history_rev,
+        summary_up_to: start.context.summary.as_ref().map(|(_, up_to)| *up_to),
+        answered: start.answered,
     }
 }
 

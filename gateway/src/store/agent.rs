@@ -663,6 +663,7 @@ pub struct QueuedRun {
 /// One message of a conversation's history, oldest first.
 #[derive(Clone, Debug)]
 pub struct HistoryRow {
+    pub id: MessageId,
     pub seq: i64,
     pub inbound: bool,
     pub sender: Option<String>,
@@ -687,7 +688,11 @@ pub struct RunContext {
     pub kind: ConversationKind,
     pub summary: Option<(String, i64)>,
     pub facts: Vec<String>,
-    /// The newest messages after the summary, oldest first.
+    /// Changes when a stored message of the conversation is edited, deleted or removed; a
+    /// copy of the history read at the same revision differs only by newer messages.
+    pub history_rev: i64,
+    /// The newest messages after the summary (and after the `after` id asked for), oldest
+    /// first.
     pub history: Vec<HistoryRow>,
 }
 
@@ -699,7 +704,8 @@ pub struct RunFilter {
 
 /// The statement of [`read_context`]: `$target` selects `(conversation_id, trigger, tokens)`
 /// from `?1` and `?2`; the trigger bounds the history (NULL: up to the newest message) and
-/// `tokens` is passed through.
+/// `tokens` is passed through. `?3` caps the messages read and `?4` (NULL: none) is the id
+/// after which they start.
 macro_rules! context_sql {
     ($target:literal) => {
         concat!(
@@ -707,14 +713,15 @@ macro_rules! context_sql {
             $target,
             ")
          SELECT t.trigger, t.tokens, c.title, c.connection, c.provider_id, c.kind, s.summary, s.up_to_seq,
+            c.history_rev,
             (SELECT json_group_array(text) FROM
                 (SELECT text FROM memory_facts WHERE state = 'approved' ORDER BY approved_at)),
-            (SELECT json_group_array(json_array(seq, direction, sender, text)) FROM
-                (SELECT m.seq, m.direction, coalesce(i.display_name, i.handle, i.provider_id) AS sender, m.text
+            (SELECT json_group_array(json_array(id, seq, direction, sender, text)) FROM
+                (SELECT m.id, m.seq, m.direction, coalesce(i.display_name, i.handle, i.provider_id) AS sender, m.text
                  FROM messages m LEFT JOIN identities i ON i.id = m.sender_id
                  WHERE m.conversation_id = t.conversation_id AND m.seq > coalesce(s.up_to_seq, 0)
                    AND m.deleted_at IS NULL AND m.text IS NOT NULL
-                   AND (t.trigger IS NULL OR m.id <= t.trigger)
+                   AND (t.trigger IS NULL OR m.id <= t.trigger) AND m.id > coalesce(?4, '')
                  ORDER BY m.id DESC LIMIT ?3))
          FROM target t JOIN conversations c ON c.id = t.conversation_id
          LEFT JOIN conversation_summaries s ON s.conversation_id = t.conversation_id"
@@ -897,12 +904,14 @@ impl Store {
 
     /// What a queued run reads before it calls the model, in one statement: the trigger it
     /// answers now (messages that arrived meanwhile move it), the tokens spent on `day`,
-    /// and its context. None when the run is no longer queued.
+    /// and its context, with only the history after `after` when given (the caller holds
+    /// the rest). None when the run is no longer queued.
     pub async fn run_start(
         &self,
         run_id: RunId,
         day: UsageDay,
         max_messages: u32,
+        after: Option<MessageId>,
     ) -> Result<Option<RunStart>, StoreError> {
         let row = read_context(
             &self.reads,
@@ -914,6 +923,7 @@ impl Store {
             run_id.to_string(),
             Some(day.0),
             max_messages,
+            after,
         )
         .await?;
         let Some((answered, tokens_today, context)) = row else {
@@ -942,6 +952,7 @@ impl Store {
             conversation_id.to_string(),
             up_to.map(|id| id.to_string()),
             max_messages,
+            None,
         )
         .await?
         .map(|(_, _, context)| context)
@@ -1048,6 +1059,7 @@ async fn read_context<A, B>(
     first: A,
     second: Option<B>,
     max_messages: u32,
+    after: Option<MessageId>,
 ) -> Result<Option<(Option<String>, Option<i64>, RunContext)>, StoreError>
 where
     A: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
@@ -1062,6 +1074,7 @@ where
         String,
         Option<String>,
         Option<i64>,
+        i64,
         String,
         String,
     );
@@ -1069,18 +1082,30 @@ where
         .bind(first)
         .bind(second)
         .bind(i64::from(max_messages))
+        .bind(after.map(|id| id.to_string()))
         .fetch_optional(reads)
         .await?;
-    let Some((trigger, tokens, title, connection, chat, kind, summary, up_to_seq, facts, history)) =
-        row
+    let Some((
+        trigger,
+        tokens,
+        title,
+        connection,
+        chat,
+        kind,
+        summary,
+        up_to_seq,
+        history_rev,
+        facts,
+        history,
+    )) = row
     else {
         return Ok(None);
     };
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("run context: {e}"));
     let facts: Vec<String> = serde_json::from_str(&facts).map_err(corrupt)?;
-    let mut history: Vec<(i64, String, Option<String>, String)> =
+    let mut history: Vec<(String, i64, String, Option<String>, String)> =
         serde_json::from_str(&history).map_err(corrupt)?;
-    history.sort_by_key(|(seq, ..)| *seq);
+    history.sort_by_key(|(_, seq, ..)| *seq);
     let context = RunContext {
         conversation_title: title,
         connection,
@@ -1090,15 +1115,19 @@ where
             .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
         summary: summary.zip(up_to_seq),
         facts,
+        history_rev,
         history: history
             .into_iter()
-            .map(|(seq, direction, sender, text)| HistoryRow {
-                seq,
-                inbound: direction == "inbound",
-                sender,
-                text,
+            .map(|(id, seq, direction, sender, text)| {
+                Ok(HistoryRow {
+                    id: parse_id(&id)?,
+                    seq,
+                    inbound: direction == "inbound",
+                    sender,
+                    text,
+                })
             })
-            .collect(),
+            .collect::<Result<_, StoreError>>()?,
     };
     Ok(Some((trigger, tokens, context)))
 }
