@@ -366,19 +366,19 @@ impl Agent {
             allowed: &agent.tools,
             follow_ups_changed: &self.follow_ups_changed,
         };
-        let mut messages = built.messages;
         let specs = toolbox.specs();
+        let mut request = ChatRequest {
+            messages: built.messages,
+            tools: Vec::new(),
+            max_tokens: agent.max_reply_tokens,
+        };
         for round in 0..=agent.max_tool_rounds {
             let last_round = round == agent.max_tool_rounds;
-            let request = ChatRequest {
-                messages: messages.clone(),
-                // On the last round the model must answer in words.
-                tools: if last_round {
-                    Vec::new()
-                } else {
-                    specs.clone()
-                },
-                max_tokens: agent.max_reply_tokens,
+            // On the last round the model must answer in words.
+            request.tools = if last_round {
+                Vec::new()
+            } else {
+                specs.clone()
             };
             let turn = self.turn(&model, &request, agent, usage, Some(run)).await?;
             if turn.tool_calls.is_empty() || last_round {
@@ -389,13 +389,13 @@ impl Agent {
                     }
                 };
             }
-            messages.push(ChatMessage::Assistant {
+            request.messages.push(ChatMessage::Assistant {
                 text: turn.text.clone(),
                 tool_calls: turn.tool_calls.clone(),
             });
             for call in &turn.tool_calls {
                 let content = toolbox.call(&call.name, &call.arguments).await?;
-                messages.push(ChatMessage::Tool {
+                request.messages.push(ChatMessage::Tool {
                     call_id: call.id.clone(),
                     content,
                 });
@@ -428,12 +428,6 @@ impl Agent {
                 agent.tokens_per_run
             )));
         }
-        let request = ChatRequest {
-            max_tokens: request
-                .max_tokens
-                .min(u32::try_from(remaining).unwrap_or(u32::MAX)),
-            ..request.clone()
-        };
         let bus = &self.bus;
         let mut on_event = |event: StreamEvent<'_>| {
             let Some(run) = streaming else {
@@ -455,7 +449,8 @@ impl Agent {
                 );
             }
         };
-        let result = model.complete(&request, &mut on_event).await;
+        let max_tokens = u32::try_from(remaining).unwrap_or(u32::MAX);
+        let result = model.complete(request, max_tokens, &mut on_event).await;
         let turn = result?;
         add_usage(usage, turn.usage, model);
         Ok(turn)

@@ -257,7 +257,8 @@ impl ModelClient {
         &self.model
     }
 
-    /// One assistant turn, streamed: `on_event` gets each piece of text as it arrives.
+    /// One assistant turn, streamed: `on_event` gets each piece of text as it arrives. The
+    /// answer is held to `max_tokens` when that is below the request's own limit.
     ///
     /// Retries a retryable failure up to `max_retries` times with exponential backoff and
     /// jitter (see the module documentation for how this composes with async-openai's own
@@ -266,18 +267,20 @@ impl ModelClient {
     pub(crate) async fn complete(
         &self,
         request: &ChatRequest,
+        max_tokens: u32,
         on_event: &mut (dyn FnMut(StreamEvent<'_>) + Send),
     ) -> Result<Turn, ModelError> {
         if request.messages.is_empty() {
             return Err(ModelError::Rejected("the request has no messages".into()));
         }
-        let body = self.request_body(request);
         let prompt_estimate = estimate_prompt(request);
         let mut usage = Usage::default();
         let mut retries = 0;
         loop {
             let mut progress = Progress::default();
-            let attempt = self.attempt(body.clone(), on_event, &mut progress);
+            // Built per attempt rather than cloned: most turns take one.
+            let body = self.request_body(request, request.max_tokens.min(max_tokens));
+            let attempt = self.attempt(body, on_event, &mut progress);
             let result = match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(result) => result.and_then(|()| progress.answer()),
                 Err(_elapsed) => Err(ModelError::Timeout),
@@ -370,7 +373,7 @@ impl ModelClient {
         Ok(())
     }
 
-    fn request_body(&self, request: &ChatRequest) -> CreateChatCompletionRequest {
+    fn request_body(&self, request: &ChatRequest, max_tokens: u32) -> CreateChatCompletionRequest {
         let tools = request.tools.iter().map(wire_tool).collect::<Vec<_>>();
         CreateChatCompletionRequest {
             model: self.model.clone(),
@@ -378,7 +381,7 @@ impl ModelClient {
             tools: (!tools.is_empty()).then_some(tools),
             // OpenAI's reasoning models refuse the deprecated `max_tokens`; vLLM and
             // llama.cpp read this one too.
-            max_completion_tokens: Some(request.max_tokens),
+            max_completion_tokens: Some(max_tokens),
             stream: Some(true),
             stream_options: Some(ChatCompletionStreamOptions {
                 include_usage: Some(true),
@@ -792,7 +795,7 @@ mod tests {
     ) -> (Result<Turn, ModelError>, Vec<Seen>) {
         let mut seen = Vec::new();
         let result = client
-            .complete(request, &mut |event| {
+            .complete(request, u32::MAX, &mut |event| {
                 seen.push(match event {
                     StreamEvent::Text(text) => Seen::Text(text.to_owned()),
                     StreamEvent::Restart => Seen::Restart,
@@ -947,6 +950,14 @@ mod tests {
             messages[4].get("name").is_none(),
             "nothing left of the name"
         );
+
+        // A run's remaining budget holds the answer below the request's own limit.
+        fake.enqueue(Reply::Text("ok".into()));
+        client
+            .complete(&request, 40, &mut |_| {})
+            .await
+            .expect("turn succeeds");
+        assert_eq!(fake.requests()[1]["max_completion_tokens"], 40);
     }
 
     #[test]
@@ -1179,7 +1190,7 @@ mod tests {
         let sink = shared.clone();
 
         let turn = client
-            .complete(&ask("hi"), &mut move |event| {
+            .complete(&ask("hi"), u32::MAX, &mut move |event| {
                 if let StreamEvent::Text(text) = event {
                     sink.lock().unwrap().push_str(text);
                 }
