@@ -16,7 +16,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use ulid::Generator;
 
 use super::publish::{Change, Changes};
-use super::{IngestOutcome, Job, StoreError, Write, Written, agent, channels, inbox, ms, outbox};
+use super::{
+    IngestOutcome, Job, StoreError, Write, Written, agent, amend, channels, inbox, ms, outbox,
+};
 use crate::bus::Bus;
 use crate::metrics::Metrics;
 
@@ -315,5 +317,6 @@ fn apply(cx: &mut Ctx<'_>, write: &Write) -> Result<Written, StoreError> {
         Write::Outbox(w) => outbox::apply(cx, w),
         Write::Agent(w) => agent::apply(cx, w),
         Write::Channel(w) => channels::apply(cx, w),
+        Write::Amend(w) => amend::apply(cx, w),
     }
 }

@@ -146,6 +146,25 @@ struct EditMessageText<'a> {
 }
 
 #[derive(Serialize)]
+struct DeleteMessage {
+    chat_id: i64,
+    message_id: i64,
+}
+
+#[derive(Serialize)]
+struct SetMessageReaction<'a> {
+    chat_id: i64,
+    message_id: i64,
+    reaction: Vec<ReactionType<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "emoji")]
+struct ReactionType<'a> {
+    emoji: &'a str,
+}
+
+#[derive(Serialize)]
 struct SendChatAction<'a> {
     chat_id: i64,
     action: &'a str,
@@ -278,6 +297,38 @@ impl BotApi {
             text,
         };
         self.call("editMessageText", &params, None).await
+    }
+
+    /// Deletes a message for everyone.
+    pub(crate) async fn delete_message(
+        &self,
+        chat_id: i64,
+        message_id: i64,
+    ) -> Result<(), ApiError> {
+        let params = DeleteMessage {
+            chat_id,
+            message_id,
+        };
+        self.call::<IgnoredAny>("deleteMessage", &params, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the bot's reactions on a message with `emojis` (none takes them back).
+    pub(crate) async fn set_message_reaction(
+        &self,
+        chat_id: i64,
+        message_id: i64,
+        emojis: &[&str],
+    ) -> Result<(), ApiError> {
+        let params = SetMessageReaction {
+            chat_id,
+            message_id,
+            reaction: emojis.iter().map(|&emoji| ReactionType { emoji }).collect(),
+        };
+        self.call::<IgnoredAny>("setMessageReaction", &params, None)
+            .await?;
+        Ok(())
     }
 
     /// Shows `action` ("typing", ...) in the chat for a few seconds.

@@ -1,4 +1,6 @@
-//! Telegram through the Bot API: long polling or a webhook in, `sendMessage` out.
+//! Telegram through the Bot API: long polling or a webhook in, `sendMessage` out; edits,
+//! deletions and the bot's reactions through `editMessageText`, `deleteMessage` and
+//! `setMessageReaction`.
 //!
 //! Inbound, every update is recorded under its exact `(bot, update_id)` receipt together
 //! with what it produced, so a redelivery is a no-op; the polling offset moves past an
@@ -34,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use self::api::{ApiError, BotApi, RawUpdate};
 use self::normalize::{BotIdentity, Normalized, Sender, normalize, sender_of};
 use super::{
-    Connector, Health, OutgoingPart, Reconciled, SendError, Typing, Webhook, WebhookRejection,
+    Connector, Delete, Edit, Health, OutgoingPart, Reactions, Reconciled, SendError, Target,
+    Typing, Webhook, WebhookRejection,
 };
 use crate::config::{DmPolicy, GroupPolicy, TelegramConfig, TelegramMode};
 use crate::metrics::Metrics;
@@ -541,6 +544,18 @@ impl Connector for Telegram {
     fn typing(&self) -> Option<&dyn Typing> {
         Some(self)
     }
+
+    fn edit(&self) -> Option<&dyn Edit> {
+        Some(self)
+    }
+
+    fn delete(&self) -> Option<&dyn Delete> {
+        Some(self)
+    }
+
+    fn reactions(&self) -> Option<&dyn Reactions> {
+        Some(self)
+    }
 }
 
 impl Telegram {
@@ -617,6 +632,73 @@ impl Typing for Telegram {
             Ok(()) => Ok(()),
             Err(e) => Err(self.send_error(e).await),
         }
+    }
+}
+
+#[async_trait]
+impl Edit for Telegram {
+    async fn edit(&self, target: &Target<'_>, text: &str) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.edit_message_text(chat, message, text).await {
+            // Already this text: an earlier attempt arrived.
+            Err(ApiError::BadRequest(d)) if d.contains("message is not modified") => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+}
+
+#[async_trait]
+impl Delete for Telegram {
+    async fn delete(&self, target: &Target<'_>) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.delete_message(chat, message).await {
+            // Already gone: an earlier attempt arrived, or someone deleted it in the app.
+            Err(ApiError::BadRequest(d)) if d.contains("message to delete not found") => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+}
+
+/// A bot without Telegram Premium may set one reaction per message, and each call sets the
+/// whole list: adding replaces, removing clears.
+#[async_trait]
+impl Reactions for Telegram {
+    fn max_per_message(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    async fn add(&self, target: &Target<'_>, emoji: &str) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.set_message_reaction(chat, message, &[emoji]).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+
+    async fn remove(&self, target: &Target<'_>, _emoji: &str) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.set_message_reaction(chat, message, &[]).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+}
+
+impl Telegram {
+    /// The chat and message ids of a change's target, once the rate limits allow a call:
+    /// Telegram's flood control counts every call that changes a chat.
+    async fn ready(&self, target: &Target<'_>) -> Result<(i64, i64), SendError> {
+        let chat = chat_id(target.chat)?;
+        let message = target
+            .message
+            .and_then(|id| id.parse::<i64>().ok())
+            .ok_or_else(|| SendError::Permanent {
+                reason: "the message has no Telegram message id".into(),
+            })?;
+        self.limits.until_ready(chat, target.kind).await;
+        Ok((chat, message))
     }
 }
 
