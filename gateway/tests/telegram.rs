@@ -628,3 +628,227 @@ async fn sigkill_mid_burst_then_restart_answers_everyone_once() {
 async fn sigterm_mid_burst_then_restart_answers_everyone_once() {
     burst_survives(libc::SIGTERM).await;
 }
+
+async fn request(
+    gateway: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, gateway.url(path))
+        .bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Ann asks, Pi answers; answers Ann's message id at Telegram and the gateway's ids of her
+/// message and of Pi's reply, once the reply is marked sent.
+async fn ann_asks_and_pi_answers(setup: &Setup, gateway: &Gateway) -> (i64, String, String) {
+    setup.model.enqueue(Reply::Text("It is noon.".into()));
+    let asked = setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "what time is it");
+    let asked = asked["message_id"].as_i64().unwrap();
+    let conversation = eventually("the conversation", gateway, async || {
+        let list = get(gateway, "/v1/conversations?channel=telegram").await;
+        list["items"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let messages = format!("/v1/conversations/{conversation}/messages");
+    eventually("the reply marked sent", gateway, async || {
+        let page = get(gateway, &messages).await;
+        let items = page["items"].as_array().unwrap().clone();
+        let reply = items
+            .iter()
+            .find(|m| m["direction"] == "outbound" && m["status"] == "sent")?;
+        let question = items.iter().find(|m| m["direction"] == "inbound")?;
+        Some((
+            asked,
+            question["id"].as_str().unwrap().to_string(),
+            reply["id"].as_str().unwrap().to_string(),
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edits_deletions_and_reactions_reach_telegram_and_come_back() {
+    use reqwest::Method;
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let (asked, question, reply) = ann_asks_and_pi_answers(&setup, &gateway).await;
+    let reply_path = format!("/v1/messages/{reply}");
+    let tg = &setup.telegram;
+    let pi_said = tg.sent(BOT)[0].clone();
+
+    let (status, _) = request(
+        &gateway,
+        Method::PATCH,
+        &reply_path,
+        Some(json!({"text": "It is half past twelve."})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("the edit at Telegram", &gateway, async || {
+        let now = &tg.sent(BOT)[0];
+        (now.edited && now.text == "It is half past twelve.").then_some(())
+    })
+    .await;
+    // An edit is one Telegram message: over 4,096 UTF-16 units it is refused, not split.
+    let long = "😀".repeat(2049);
+    let (status, error) = request(
+        &gateway,
+        Method::PATCH,
+        &reply_path,
+        Some(json!({ "text": long })),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (422, Some("text_too_long")),
+        "{error}"
+    );
+    assert_eq!(
+        get(&gateway, &reply_path).await["text"],
+        "It is half past twelve."
+    );
+
+    // The bot's reaction: Telegram takes one per message.
+    let on_question = format!("/v1/messages/{question}/reactions");
+    let (status, view) = request(&gateway, Method::PUT, &format!("{on_question}/👍"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        view["reactions"],
+        json!([{"emoji": "👍", "count": 1, "mine": true}])
+    );
+    eventually("the reaction at Telegram", &gateway, async || {
+        (tg.bot_reactions(BOT, 42, asked) == ["👍"]).then_some(())
+    })
+    .await;
+    let (status, error) = request(&gateway, Method::PUT, &format!("{on_question}/🔥"), None).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (409, Some("conflict")),
+        "{error}"
+    );
+    request(&gateway, Method::DELETE, &format!("{on_question}/👍"), None).await;
+    eventually("the reaction taken back", &gateway, async || {
+        tg.bot_reactions(BOT, 42, asked).is_empty().then_some(())
+    })
+    .await;
+    // Telegram refuses an emoji outside its list: the reaction is undone in the inbox.
+    let (status, _) = request(&gateway, Method::PUT, &format!("{on_question}/🦖"), None).await;
+    assert_eq!(status, 200);
+    eventually("the refused reaction undone", &gateway, async || {
+        let view = get(&gateway, &format!("/v1/messages/{question}")).await;
+        view.get("reactions").is_none().then_some(())
+    })
+    .await;
+    let refused = tg
+        .calls(BOT)
+        .into_iter()
+        .filter(|c| c.method == "setMessageReaction" && c.status == 400)
+        .count();
+    assert_eq!(refused, 1, "a refusal is not retried");
+
+    // Ann's reactions on Pi's reply show in the inbox, a change as one taken back, one added.
+    tg.user_reacts(
+        BOT,
+        &ChatSpec::private(42),
+        &ann(),
+        pi_said.message_id,
+        &["🔥"],
+    );
+    eventually("Ann's reaction", &gateway, async || {
+        let view = get(&gateway, &reply_path).await;
+        (view["reactions"] == json!([{"emoji": "🔥", "count": 1}])).then_some(())
+    })
+    .await;
+    tg.user_reacts(
+        BOT,
+        &ChatSpec::private(42),
+        &ann(),
+        pi_said.message_id,
+        &["👍"],
+    );
+    eventually("Ann's changed reaction", &gateway, async || {
+        let view = get(&gateway, &reply_path).await;
+        (view["reactions"] == json!([{"emoji": "👍", "count": 1}])).then_some(())
+    })
+    .await;
+
+    let (status, _) = request(&gateway, Method::DELETE, &reply_path, None).await;
+    assert_eq!(status, 200);
+    eventually("the deletion at Telegram", &gateway, async || {
+        tg.sent(BOT)[0].deleted.then_some(())
+    })
+    .await;
+    let view = eventually("the text gone", &gateway, async || {
+        let view = get(&gateway, &reply_path).await;
+        view.get("text").is_none().then_some(view)
+    })
+    .await;
+    assert_eq!(view["deleted"], true);
+    let (status, error) = request(
+        &gateway,
+        Method::PATCH,
+        &reply_path,
+        Some(json!({"text": "back?"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (409, Some("conflict")),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edit_queued_before_a_kill_is_delivered_once_after_restart() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let mut gateway = start(&config).await;
+    let (_, _, reply) = ann_asks_and_pi_answers(&setup, &gateway).await;
+    let tg = &setup.telegram;
+    let edits = |status: u16| {
+        tg.calls(BOT)
+            .into_iter()
+            .filter(|c| c.method == "editMessageText" && c.status == status)
+            .count()
+    };
+    // The first attempt fails, so the edit waits in the outbox for its retry.
+    tg.fail_next(BOT, "editMessageText", Failure::ServerError);
+    let (status, _) = request(
+        &gateway,
+        reqwest::Method::PATCH,
+        &format!("/v1/messages/{reply}"),
+        Some(json!({"text": "It is one o'clock."})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("the failed attempt", &gateway, async || {
+        (edits(502) == 1).then_some(())
+    })
+    .await;
+    gateway.signal(libc::SIGKILL);
+    gateway.wait(Duration::from_secs(5));
+    assert_eq!(edits(200), 0, "the retry had not happened before the kill");
+
+    let restarted = start(&config).await;
+    eventually("the edit after the restart", &restarted, async || {
+        (tg.sent(BOT)[0].text == "It is one o'clock.").then_some(())
+    })
+    .await;
+    // Anything delivered twice would show by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(edits(200), 1, "{}", restarted.log_text());
+    assert_eq!(
+        get(&restarted, &format!("/v1/messages/{reply}")).await["text"],
+        "It is one o'clock."
+    );
+}

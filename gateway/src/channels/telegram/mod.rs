@@ -46,7 +46,7 @@ use crate::store::{PairingAsk, PairingTicket, Receipt, Store, StoreError};
 /// Telegram's limit on one message's text, in UTF-16 code units.
 const MAX_TEXT: usize = 4096;
 /// The update kinds the connector reads; others are never sent to it.
-const ALLOWED_UPDATES: &[&str] = &["message", "edited_message"];
+const ALLOWED_UPDATES: &[&str] = &["message", "edited_message", "message_reaction"];
 /// Ids after the last known one that a reconciliation probes.
 const PROBE_WINDOW: i64 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -324,8 +324,9 @@ impl Telegram {
             id: 0,
             username: String::new(),
         });
-        let event = match normalize(&update.raw, &self.name, &bot) {
-            Ok(Normalized::Event(event)) => event,
+        let mut events = match normalize(&update.raw, &self.name, &bot) {
+            Ok(Normalized::Event(event)) => vec![event],
+            Ok(Normalized::Reactions(events)) => events,
             Ok(Normalized::Skip(reason)) => {
                 tracing::debug!(connection = %self.name, update_id = update.update_id, reason, "update skipped");
                 return self.skip(receipt, "skipped").await;
@@ -345,8 +346,16 @@ impl Telegram {
                 Admission::Pair => return self.skip(receipt, "pairing").await,
             }
         }
-        self.remember_id(&event);
-        let outcome = self.store.deliver(event, receipt).await?;
+        // One update may hold several events; the receipt goes with the last, so a crash in
+        // between brings the update again and the ones stored already are duplicates.
+        let Some(last) = events.pop() else {
+            return self.skip(receipt, "skipped").await;
+        };
+        for event in events {
+            self.store.ingest(event).await?;
+        }
+        self.remember_id(&last);
+        let outcome = self.store.deliver(last, receipt).await?;
         let outcome = if outcome.duplicate {
             "duplicate"
         } else {
