@@ -852,3 +852,117 @@ async fn an_edit_queued_before_a_kill_is_delivered_once_after_restart() {
         "It is one o'clock."
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attachments_stream_from_telegram_and_never_show_the_token() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let tg = &setup.telegram;
+    let chat = ChatSpec::private(42);
+    let pdf: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    tg.user_sends_document(
+        BOT,
+        &chat,
+        &ann(),
+        "report.pdf",
+        "application/pdf",
+        pdf.clone(),
+    );
+    tg.user_sends_photo(BOT, &chat, &ann(), Some("look"), vec![7; 1000]);
+    let huge = tg.user_sends_document(
+        BOT,
+        &chat,
+        &ann(),
+        "huge.bin",
+        "application/octet-stream",
+        vec![0; 20 * 1024 * 1024 + 1],
+    );
+    let with_files = eventually("three messages with files", &gateway, async || {
+        let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+        let id = list["items"][0]["id"].as_str()?.to_string();
+        let page = get(&gateway, &format!("/v1/conversations/{id}/messages")).await;
+        let mut ids: Vec<String> = page["items"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["attachments"].is_array())
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.reverse();
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let fetch = async |path: &str| {
+        client
+            .get(gateway.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+    };
+    let attachment =
+        |n: usize, index: usize| format!("/v1/messages/{}/attachments/{index}", with_files[n]);
+
+    let document = fetch(&attachment(0, 0)).await;
+    assert_eq!(document.status(), 200);
+    assert_eq!(document.headers()["content-type"], "application/pdf");
+    assert_eq!(document.headers()["content-disposition"], "attachment");
+    assert_eq!(document.bytes().await.unwrap(), pdf);
+    let photo = fetch(&attachment(1, 0)).await;
+    assert_eq!(photo.headers()["content-type"], "image/jpeg");
+    assert_eq!(photo.bytes().await.unwrap(), vec![7; 1000]);
+
+    let expect = async |path: &str, status: u16, code: &str| {
+        let response = fetch(path).await;
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{path}: {body}");
+        body["message"].as_str().unwrap().to_string()
+    };
+    expect(&attachment(0, 1), 404, "not_found").await;
+    // Over Telegram's 20 MB download limit: refused by its size, before asking Telegram.
+    let get_files = || {
+        (tg.calls(BOT).iter())
+            .filter(|c| c.method == "getFile")
+            .count()
+    };
+    let asked = get_files();
+    let message = expect(&attachment(2, 0), 413, "media_too_large").await;
+    assert!(message.contains("20971520"), "{message}");
+    assert_eq!(get_files(), asked, "Telegram was not asked");
+    // The same file without a size in its metadata: Telegram's getFile refuses it.
+    let event = json!({"schema_version": 1, "id": "01JD0000000000000000000031", "occurred_at": "2026-11-21T10:00:00Z",
+        "source": {"channel": "telegram", "connection": "tg"}, "type": "message.received",
+        "data": {"conversation": {"provider_id": "42"}, "provider_message_id": "9001", "sender": {"provider_id": "42"},
+                 "attachments": [{"kind": "file", "provider_file_id": huge["document"]["file_id"]}],
+                 "sent_at": "2026-11-21T10:00:00Z"}});
+    let (_, ingested) = post(&gateway, "/v1/events", event).await;
+    let sizeless = format!(
+        "/v1/messages/{}/attachments/0",
+        ingested["message_id"].as_str().unwrap()
+    );
+    expect(&sizeless, 413, "media_too_large").await;
+    // Telegram in trouble: a clear 502 that names no URL.
+    tg.fail_next(BOT, "getFile", Failure::ServerError);
+    let message = expect(&attachment(0, 0), 502, "provider_unavailable").await;
+    assert!(
+        !message.contains("TEST-token_abc") && !message.contains("/file/bot"),
+        "{message}"
+    );
+
+    // Web chat has no files to fetch.
+    let event = json!({"schema_version": 1, "id": "01JD0000000000000000000032", "occurred_at": "2026-11-21T10:00:00Z",
+        "source": {"channel": "webchat", "connection": "webchat"}, "type": "message.received",
+        "data": {"conversation": {"provider_id": "s1"}, "provider_message_id": "m1", "sender": {"provider_id": "ada"},
+                 "attachments": [{"kind": "file", "provider_file_id": "f1"}], "sent_at": "2026-11-21T10:00:00Z"}});
+    let (_, ingested) = post(&gateway, "/v1/events", event).await;
+    let webchat = format!(
+        "/v1/messages/{}/attachments/0",
+        ingested["message_id"].as_str().unwrap()
+    );
+    expect(&webchat, 422, "not_supported").await;
+
+    let log = gateway.log_text();
+    assert!(!log.contains("TEST-token_abc"), "the token is in the log");
+    assert!(!log.contains("/file/bot"), "a file URL is in the log");
+}

@@ -1,12 +1,16 @@
-//! Changes to one message: edit, delete, reactions. Each checks that the message's channel
-//! can do it, then writes the change and its delivery in one transaction (see
-//! `store::amend`); a repeat changes nothing and answers the message as it is.
+//! One message's changes (edit, delete, reactions) and its attachments' bytes. A change
+//! checks that the message's channel can make it, then writes it with its delivery in one
+//! transaction (see `store::amend`); a repeat changes nothing and answers the message as it
+//! is. Attachments are streamed from the provider through the channel's media capability.
 
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use moltbot_protocol::event::check_id;
 use moltbot_protocol::ids::MessageId;
 use moltbot_protocol::inbox::{EditMessage, ErrorCode, MessageView};
@@ -15,7 +19,7 @@ use super::AppState;
 use super::error::Failure;
 use super::extract::{ApiPath, Json as JsonBody};
 use super::inbox::check_text;
-use crate::channels::Connector;
+use crate::channels::{Connector, MediaError};
 use crate::store::Operation;
 
 /// Longest emoji accepted, in bytes (the longest ZWJ sequences take about 35).
@@ -106,6 +110,68 @@ async fn change_reaction(
     };
     let max = reactions.max_per_message();
     amend(&state, id, operation(emoji), max).await
+}
+
+/// `GET /v1/messages/{id}/attachments/{index}`: the attachment's bytes, streamed from the
+/// provider, with the content type its metadata names.
+pub async fn attachment(
+    State(state): State<AppState>,
+    ApiPath((id, index)): ApiPath<(MessageId, usize)>,
+) -> Result<Response, Failure> {
+    let (message, connector) = target(&state, id).await?;
+    let attachment = message
+        .attachments
+        .get(index)
+        .ok_or_else(|| Failure::not_found(format!("the message has no attachment {index}")))?;
+    let Some(media) = connector.media() else {
+        return Err(unsupported(&*connector, "fetch attachments"));
+    };
+    let file_id = attachment
+        .provider_file_id
+        .as_deref()
+        .ok_or_else(|| Failure::not_found("the provider named no file for this attachment"))?;
+    let limit = media.max_bytes();
+    if attachment.size_bytes.is_some_and(|size| size > limit) {
+        return Err(media_failure(MediaError::TooLarge { limit }));
+    }
+    let stream = media.fetch(file_id).await.map_err(media_failure)?;
+    let content_type = attachment
+        .mime_type
+        .as_deref()
+        .and_then(|mime| HeaderValue::from_str(mime).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let connection = connector.name().to_string();
+    // Headers are gone once the body streams: a failure now can only cut the answer short.
+    let body = stream.body.map(move |chunk| {
+        chunk.inspect_err(|e| {
+            tracing::warn!(connection, error = %e, "an attachment download broke off");
+        })
+    });
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type);
+    // The bytes are the sender's: never rendered as a page of this origin.
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Some(size) = stream.size {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    Ok(response)
+}
+
+fn media_failure(error: MediaError) -> Failure {
+    let (status, code) = match &error {
+        MediaError::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+        MediaError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::MediaTooLarge),
+        MediaError::Unavailable(_) => (StatusCode::BAD_GATEWAY, ErrorCode::ProviderUnavailable),
+    };
+    Failure::new(status, code, error.to_string())
 }
 
 async fn amend(

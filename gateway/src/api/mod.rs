@@ -70,6 +70,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(messages::delete),
         )
         .route(
+            "/messages/{id}/attachments/{index}",
+            get(messages::attachment),
+        )
+        .route(
             "/messages/{id}/reactions/{emoji}",
             put(messages::react).delete(messages::unreact),
         )

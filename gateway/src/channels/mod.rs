@@ -186,8 +186,8 @@ pub struct MediaStream {
 pub enum MediaError {
     #[error("the provider no longer has this file")]
     NotFound,
-    #[error("the file is {size} bytes; this channel lets the gateway fetch at most {limit}")]
-    TooLarge { size: u64, limit: u64 },
+    #[error("the file is larger than {limit} bytes, the most this channel lets the gateway fetch")]
+    TooLarge { limit: u64 },
     /// The provider failed or could not be reached; the text never holds a credential.
     #[error("{0}")]
     Unavailable(String),

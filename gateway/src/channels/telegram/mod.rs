@@ -14,6 +14,7 @@
 //! only when that message is ours and identical — proof of delivery that changes nothing.
 
 mod api;
+mod media;
 mod normalize;
 mod types;
 
@@ -36,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use self::api::{ApiError, BotApi, RawUpdate};
 use self::normalize::{BotIdentity, Normalized, Sender, normalize, sender_of};
 use super::{
-    Connector, Delete, Edit, Health, OutgoingPart, Reactions, Reconciled, SendError, Target,
+    Connector, Delete, Edit, Health, Media, OutgoingPart, Reactions, Reconciled, SendError, Target,
     Typing, Webhook, WebhookRejection,
 };
 use crate::config::{DmPolicy, GroupPolicy, TelegramConfig, TelegramMode};
@@ -56,7 +57,8 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 pub struct Telegram {
     name: String,
     config: TelegramConfig,
-    api: BotApi,
+    /// Shared with the downloads in flight, which mask the token in their errors.
+    api: Arc<BotApi>,
     store: Store,
     metrics: Arc<Metrics>,
     health: Health,
@@ -162,7 +164,7 @@ impl Telegram {
         Ok(Self {
             name: config.name.clone(),
             config: config.clone(),
-            api,
+            api: Arc::new(api),
             health: Health::new(store.clone(), source),
             store,
             metrics,
@@ -563,6 +565,10 @@ impl Connector for Telegram {
     }
 
     fn reactions(&self) -> Option<&dyn Reactions> {
+        Some(self)
+    }
+
+    fn media(&self) -> Option<&dyn Media> {
         Some(self)
     }
 }

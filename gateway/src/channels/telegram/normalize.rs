@@ -293,10 +293,11 @@ fn attachments(message: &Message) -> Result<Vec<Attachment>, NormalizeError> {
             .max_by_key(|p| (u64::from(p.width) * u64::from(p.height), p.file_size))
     });
     if let Some(p) = largest_photo {
+        // Telegram re-encodes every photo as JPEG.
         found.push(attachment(
             AttachmentKind::Image,
             &p.file_id,
-            None,
+            Some("image/jpeg"),
             p.file_size,
             None,
         ));
@@ -604,7 +605,7 @@ mod tests {
             m.attachments,
             vec![Attachment {
                 kind: AttachmentKind::Image,
-                mime_type: None,
+                mime_type: Some("image/jpeg".into()),
                 size_bytes: Some(90_000),
                 file_name: None,
                 provider_file_id: Some("large".into()),

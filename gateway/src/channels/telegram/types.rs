@@ -172,6 +172,14 @@ impl Sticker {
     }
 }
 
+/// A file ready to download (`getFile`), for at least an hour.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct File {
+    pub file_size: Option<u64>,
+    /// Relative to `{api_base}/file/bot{token}/`; absent when the file cannot be downloaded.
+    pub file_path: Option<String>,
+}
+
 /// The envelope of every Bot API answer, successful or not.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Response<T> {
