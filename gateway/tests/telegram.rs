@@ -756,31 +756,16 @@ async fn edits_deletions_and_reactions_reach_telegram_and_come_back() {
         .count();
     assert_eq!(refused, 1, "a refusal is not retried");
 
-    // Ann's reactions on Pi's reply show in the inbox, a change as one taken back, one added.
-    tg.user_reacts(
-        BOT,
-        &ChatSpec::private(42),
-        &ann(),
-        pi_said.message_id,
-        &["🔥"],
-    );
-    eventually("Ann's reaction", &gateway, async || {
-        let view = get(&gateway, &reply_path).await;
-        (view["reactions"] == json!([{"emoji": "🔥", "count": 1}])).then_some(())
-    })
-    .await;
-    tg.user_reacts(
-        BOT,
-        &ChatSpec::private(42),
-        &ann(),
-        pi_said.message_id,
-        &["👍"],
-    );
-    eventually("Ann's changed reaction", &gateway, async || {
-        let view = get(&gateway, &reply_path).await;
-        (view["reactions"] == json!([{"emoji": "👍", "count": 1}])).then_some(())
-    })
-    .await;
+    // Ann's reactions on Pi's reply show in the inbox; a change takes one back, adds one.
+    for emoji in ["🔥", "👍"] {
+        let chat = ChatSpec::private(42);
+        tg.user_reacts(BOT, &chat, &ann(), pi_said.message_id, &[emoji]);
+        eventually("Ann's reaction in the inbox", &gateway, async || {
+            let view = get(&gateway, &reply_path).await;
+            (view["reactions"] == json!([{"emoji": emoji, "count": 1}])).then_some(())
+        })
+        .await;
+    }
 
     let (status, _) = request(&gateway, Method::DELETE, &reply_path, None).await;
     assert_eq!(status, 200);
@@ -965,4 +950,68 @@ async fn attachments_stream_from_telegram_and_never_show_the_token() {
     let log = gateway.log_text();
     assert!(!log.contains("TEST-token_abc"), "the token is in the log");
     assert!(!log.contains("/file/bot"), "a file URL is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_deleted_before_it_went_out_is_never_sent() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let tg = &setup.telegram;
+    // The reply's first attempt fails, so it waits in the outbox for its retry.
+    tg.fail_next(BOT, "sendMessage", Failure::ServerError);
+    setup
+        .model
+        .enqueue(Reply::Text("You will never read this.".into()));
+    tg.user_sends(BOT, &ChatSpec::private(42), &ann(), "hello");
+    let (conversation, reply) = eventually("the reply waiting", &gateway, async || {
+        let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+        let conversation = list["items"][0]["id"].as_str()?.to_string();
+        let page = get(
+            &gateway,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
+        .await;
+        let reply =
+            (page["items"].as_array()?.iter()).find(|m| m["direction"] == "outbound")?["id"]
+                .as_str()?
+                .to_string();
+        let failed = tg
+            .calls(BOT)
+            .iter()
+            .any(|c| c.method == "sendMessage" && c.status == 502);
+        failed.then_some((conversation, reply))
+    })
+    .await;
+    let (status, view) = request(
+        &gateway,
+        reqwest::Method::DELETE,
+        &format!("/v1/messages/{reply}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["deleted"].as_bool(), view.get("text")),
+        (Some(true), None)
+    );
+    assert_eq!(view["status"], "failed", "it will not be sent");
+
+    // Messages of a conversation go out in order: the next one arriving means the deleted
+    // one was settled.
+    let path = format!("/v1/conversations/{conversation}/send/after");
+    let (status, _) = request(
+        &gateway,
+        reqwest::Method::PUT,
+        &path,
+        Some(json!({"text": "after"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent = tg.wait_for_sent(BOT, 1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(sent[0].text, "after");
+    assert!(
+        !tg.calls(BOT).iter().any(|c| c.method == "deleteMessage"),
+        "nothing to delete at Telegram"
+    );
 }

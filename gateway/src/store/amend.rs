@@ -100,15 +100,18 @@ pub(super) fn apply(cx: &mut Ctx<'_>, amend: &Amend) -> Result<Written, StoreErr
                      WHERE id = ? AND state = 'queued' AND parts_sent = 0",
                     params![cx.now, id],
                 )? == 1;
-            // The text stays until the provider confirms, so a refusal can put the message back.
+            // Nothing of it reached the provider: there is nothing to delete there.
+            let local_only = called_off || found.send_state.as_deref() == Some("failed");
+            // Otherwise the text stays until the provider confirms, so that a refusal can
+            // put the message back.
             cx.execute(
                 "UPDATE messages SET deleted_at = ?,
                     text = CASE WHEN ? THEN NULL ELSE text END,
                     status = CASE WHEN ? THEN 'failed' ELSE status END
                  WHERE id = ?",
-                params![cx.now, called_off, called_off, id],
+                params![cx.now, local_only, called_off, id],
             )?;
-            if called_off || found.send_state.as_deref() == Some("failed") {
+            if local_only {
                 return finish(cx, amend, &found);
             }
             None

@@ -157,24 +157,12 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &OutboxWrite) -> Result<Written, St
             let changed = cx.query_optional(
                 "UPDATE outbox SET state = 'sent', attempts = attempts + 1, last_error = NULL, updated_at = ?
                  WHERE id = ? AND state IN ('queued', 'sending')
-                 RETURNING message_id, kind, argument",
+                 RETURNING message_id, kind, argument, previous",
                 params![cx.now, row.to_string()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                },
+                Closed::read,
             )?;
-            let Some((message_id, kind, argument)) = changed else {
-                return Err(not_in_state());
-            };
-            super::amend::confirmed(
-                cx,
-                parse_id(&message_id)?,
-                &Operation::from_row(&kind, argument)?,
-            )?;
+            let closed = changed.ok_or_else(not_in_state)?;
+            super::amend::confirmed(cx, parse_id(&closed.message_id)?, &closed.operation()?)?;
         }
         OutboxWrite::RetryLater {
             row,
@@ -199,29 +187,40 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &OutboxWrite) -> Result<Written, St
             let failed = cx.query_optional(
                 "UPDATE outbox SET state = 'failed', last_error = ?, updated_at = ?
                  WHERE id = ? AND state IN ('queued', 'sending')
-                 RETURNING kind, argument, previous",
+                 RETURNING message_id, kind, argument, previous",
                 params![error, cx.now, row.to_string()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                },
+                Closed::read,
             )?;
-            let Some((kind, argument, previous)) = failed else {
-                return Err(not_in_state());
-            };
-            super::amend::undo(
-                cx,
-                *message_id,
-                &Operation::from_row(&kind, argument)?,
-                previous,
-            )?;
+            let closed = failed.ok_or_else(not_in_state)?;
+            super::amend::undo(cx, *message_id, &closed.operation()?, closed.previous)?;
             cx.changed(Change::MessageUpdated(*message_id));
         }
     }
     Ok(Written::Done)
+}
+
+/// A row that reached its final state, as its `RETURNING message_id, kind, argument,
+/// previous` answers it.
+struct Closed {
+    message_id: String,
+    kind: String,
+    argument: Option<String>,
+    previous: Option<String>,
+}
+
+impl Closed {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            message_id: r.get(0)?,
+            kind: r.get(1)?,
+            argument: r.get(2)?,
+            previous: r.get(3)?,
+        })
+    }
+
+    fn operation(&self) -> Result<Operation, StoreError> {
+        Operation::from_row(&self.kind, self.argument.clone())
+    }
 }
 
 /// A new outbox row, written in the transaction of the change it delivers.
