@@ -87,6 +87,9 @@ impl Writer {
         match committed {
             Ok(group) => {
                 let _ = self.wal_grew.try_send(());
+                // Decided before anyone is answered: a client that subscribes after its write
+                // was answered must not be sent that write as news.
+                let publish = !group.changes.is_empty() && self.bus.has_subscribers();
                 for (job, result) in batch.drain(..).zip(group.results) {
                     let _ = job.reply.send(result);
                 }
@@ -98,7 +101,7 @@ impl Writer {
                 }
                 // Views are built only for someone who listens; a slow publisher holds the
                 // writer back rather than dropping frames a stream has been promised.
-                if !group.changes.is_empty() && self.bus.has_subscribers() {
+                if publish {
                     let _ = self.published.blocking_send(group.changes);
                 }
             }
