@@ -8,7 +8,8 @@
 //! `webhook`) and inject trouble (`fail_next`, [`RateLimits`]).
 //!
 //! Methods: getMe, getUpdates, setWebhook, deleteWebhook, getWebhookInfo, sendMessage,
-//! editMessageText, sendChatAction and getFile, plus downloads at
+//! editMessageText, deleteMessage, setMessageReaction, sendChatAction and getFile, plus
+//! downloads at
 //! `{base_url}/file/bot{token}/{file_path}`. Any other method answers 404 "Not Found", as an
 //! unknown method does on the real server.
 //!
@@ -20,6 +21,8 @@
 //!   "can't parse entities" error unless injected with [`Failure::BadRequest`];
 //! - the real server's pacing of an unchanged getUpdates offset (at least 3 s of waiting) and of
 //!   repeated 409 answers (one per 3 s) is not reproduced;
+//! - a bot may delete others' messages only in private chats (it is never a group admin), and
+//!   gets `message_reaction` updates from groups as well (Telegram wants it to be an admin);
 //! - photo sizes are nominal (the bytes are not decoded) and both sizes serve the original bytes.
 
 mod methods;
@@ -216,6 +219,8 @@ pub struct SentMessage {
     pub date: i64,
     /// Whether editMessageText changed it since.
     pub edited: bool,
+    /// Whether deleteMessage deleted it since.
+    pub deleted: bool,
 }
 
 /// One Bot API call as the fake answered it.
@@ -380,6 +385,52 @@ impl FakeTelegram {
         let bytes = Bytes::from(bytes);
         let content = self.with_bot(token, |bot| bot.store_document(bytes, file_name, mime));
         self.user_writes(token, chat, from, content, None)
+    }
+
+    /// The person sets their reactions on message `message_id` (an empty list takes them
+    /// back). Like Telegram, the `message_reaction` update is queued only for a bot that named
+    /// the kind in `allowed_updates`, and only when something changed.
+    ///
+    /// # Panics
+    /// If the chat has no message `message_id`.
+    pub fn user_reacts(
+        &self,
+        token: &str,
+        chat: &ChatSpec,
+        from: &UserSpec,
+        message_id: i64,
+        emojis: &[&str],
+    ) {
+        let emojis = emojis.iter().map(|e| (*e).to_owned()).collect();
+        let reacted = self.with_bot(token, |bot| {
+            bot.user_react(chat.id, from, message_id, emojis)
+        });
+        if let Err(NoSuchMessage(id)) = reacted {
+            panic!("chat {} has no message {id} to react to", chat.id);
+        }
+    }
+
+    /// The reactions the bot set on a message with setMessageReaction.
+    pub fn bot_reactions(&self, token: &str, chat_id: i64, message_id: i64) -> Vec<String> {
+        self.read_bot(token, |bot| {
+            bot.chat(chat_id)
+                .map(|chat| chat.reactions_of(message_id, bot.user.id))
+                .unwrap_or_default()
+        })
+    }
+
+    /// Makes a message `seconds` older, as if time had passed (the bot may delete its own
+    /// messages for 48 hours only).
+    ///
+    /// # Panics
+    /// If the chat has no message `message_id`.
+    pub fn backdate_message(&self, token: &str, chat_id: i64, message_id: i64, seconds: i64) {
+        let found = self.with_bot(token, |bot| {
+            bot.chat_mut(chat_id)?.backdate(message_id, seconds)
+        });
+        if found.is_none() {
+            panic!("chat {chat_id} has no message {message_id}");
+        }
     }
 
     /// Queues any JSON, even malformed, as an update, delivered verbatim. An object without

@@ -1252,3 +1252,146 @@ async fn a_person_cannot_edit_someone_elses_message() {
     fake.user_sends(TOKEN, &group, &alice(), "mine");
     fake.user_edits(TOKEN, &group, &UserSpec::new(43, "Bob"), 1, "yours");
 }
+
+#[tokio::test]
+async fn delete_message_answers_like_telegram() {
+    let fake = fake().await;
+    fake.user_sends(TOKEN, &alice_chat(), &alice(), "question");
+    let send = json!({"chat_id": ALICE_ID, "text": "answer"});
+    ok(&fake, "sendMessage", send.clone()).await;
+    ok(&fake, "sendMessage", send).await;
+    let delete = |message_id: i64| json!({"chat_id": ALICE_ID, "message_id": message_id});
+
+    assert_eq!(ok(&fake, "deleteMessage", delete(2)).await, true);
+    let sent = fake.sent(TOKEN);
+    assert_eq!(
+        sent.iter().map(|m| m.deleted).collect::<Vec<_>>(),
+        [true, false]
+    );
+    // A deleted message is gone for every method.
+    let edit = json!({"chat_id": ALICE_ID, "message_id": 2, "text": "x"});
+    let description = refused(&fake, "editMessageText", edit, 400).await;
+    assert_eq!(description, "Bad Request: message to edit not found");
+
+    // The bot's own message may be deleted for 48 hours; the person's, in a private chat.
+    fake.backdate_message(TOKEN, ALICE_ID, 3, 48 * 3600);
+    let cases = [
+        (delete(2), "Bad Request: message to delete not found"),
+        (delete(99), "Bad Request: message to delete not found"),
+        (
+            delete(3),
+            "Bad Request: message can't be deleted for everyone",
+        ),
+        (
+            json!({"chat_id": ALICE_ID}),
+            "Bad Request: message identifier is not specified",
+        ),
+        (
+            json!({"chat_id": 777, "message_id": 1}),
+            "Bad Request: chat not found",
+        ),
+    ];
+    for (params, expected) in cases {
+        let description = refused(&fake, "deleteMessage", params.clone(), 400).await;
+        assert_eq!(description, expected, "for {params}");
+    }
+    assert_eq!(ok(&fake, "deleteMessage", delete(1)).await, true);
+
+    // In a group the bot is no administrator: someone else's message stays.
+    let group = ChatSpec::group(-5, "Friends");
+    fake.user_sends(TOKEN, &group, &alice(), "mine");
+    let params = json!({"chat_id": -5, "message_id": 1});
+    let description = refused(&fake, "deleteMessage", params, 400).await;
+    assert_eq!(description, "Bad Request: message can't be deleted");
+}
+
+#[tokio::test]
+async fn set_message_reaction_takes_one_listed_emoji() {
+    let fake = fake().await;
+    fake.user_sends(TOKEN, &alice_chat(), &alice(), "hello");
+    let react =
+        |reaction: Value| json!({"chat_id": ALICE_ID, "message_id": 1, "reaction": reaction});
+
+    let thumbs = json!([{"type": "emoji", "emoji": "👍"}]);
+    assert_eq!(ok(&fake, "setMessageReaction", react(thumbs)).await, true);
+    assert_eq!(fake.bot_reactions(TOKEN, ALICE_ID, 1), ["👍"]);
+    // A newer call replaces the bot's reaction; an empty list takes it back.
+    let heart_fire = json!([{"type": "emoji", "emoji": "❤\u{200d}🔥"}]);
+    ok(&fake, "setMessageReaction", react(heart_fire)).await;
+    assert_eq!(fake.bot_reactions(TOKEN, ALICE_ID, 1), ["❤\u{200d}🔥"]);
+
+    let cases = [
+        (
+            react(json!([{"type": "emoji", "emoji": "🦖"}])),
+            "Bad Request: REACTION_INVALID",
+        ),
+        (
+            react(json!([{"type": "custom_emoji", "custom_emoji_id": "5"}])),
+            "Bad Request: REACTION_INVALID",
+        ),
+        (
+            react(json!([{"type": "emoji", "emoji": "👍"}, {"type": "emoji", "emoji": "🔥"}])),
+            "Bad Request: REACTIONS_TOO_MANY",
+        ),
+        (
+            json!({"chat_id": ALICE_ID, "message_id": 9, "reaction": []}),
+            "Bad Request: message to react not found",
+        ),
+    ];
+    for (params, expected) in cases {
+        let description = refused(&fake, "setMessageReaction", params.clone(), 400).await;
+        assert_eq!(description, expected, "for {params}");
+    }
+    // Refusals changed nothing.
+    assert_eq!(fake.bot_reactions(TOKEN, ALICE_ID, 1), ["❤\u{200d}🔥"]);
+    ok(&fake, "setMessageReaction", react(json!([]))).await;
+    assert!(fake.bot_reactions(TOKEN, ALICE_ID, 1).is_empty());
+    // The bot's own reactions never come back as updates.
+    assert_eq!(fake.pending_updates(TOKEN), 1);
+}
+
+#[tokio::test]
+async fn reactions_arrive_only_for_bots_that_ask_for_them() {
+    let fake = fake().await;
+    fake.user_sends(TOKEN, &alice_chat(), &alice(), "hello");
+    ok(
+        &fake,
+        "sendMessage",
+        json!({"chat_id": ALICE_ID, "text": "hi"}),
+    )
+    .await;
+    // The default subscription leaves reactions out.
+    fake.user_reacts(TOKEN, &alice_chat(), &alice(), 2, &["👍"]);
+    let updates = ok(&fake, "getUpdates", json!({})).await;
+    assert_eq!(update_ids(&updates), [1000]);
+
+    let subscribe = json!({"offset": 1001, "allowed_updates": ["message", "message_reaction"]});
+    ok(&fake, "getUpdates", subscribe).await;
+    fake.user_reacts(TOKEN, &alice_chat(), &alice(), 2, &["🔥"]);
+    // Setting the same reactions again changes nothing and sends nothing.
+    fake.user_reacts(TOKEN, &alice_chat(), &alice(), 2, &["🔥"]);
+    fake.user_reacts(TOKEN, &alice_chat(), &alice(), 2, &[]);
+    let updates = ok(&fake, "getUpdates", json!({})).await;
+    assert_no_nulls(&updates);
+    let reactions: Vec<&Value> = updates
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| &u["message_reaction"])
+        .collect();
+    assert_eq!(reactions.len(), 2, "{updates}");
+    assert_eq!(reactions[0]["chat"]["id"], ALICE_ID);
+    assert_eq!(reactions[0]["message_id"], 2);
+    assert_eq!(reactions[0]["user"]["id"], ALICE_ID);
+    assert!(reactions[0]["date"].as_i64().unwrap() >= unix_now() - 5);
+    assert_eq!(
+        reactions[0]["old_reaction"],
+        json!([{"type": "emoji", "emoji": "👍"}])
+    );
+    assert_eq!(
+        reactions[0]["new_reaction"],
+        json!([{"type": "emoji", "emoji": "🔥"}])
+    );
+    assert_eq!(reactions[1]["old_reaction"], reactions[0]["new_reaction"]);
+    assert_eq!(reactions[1]["new_reaction"], json!([]));
+}

@@ -7,6 +7,11 @@
 //! reach the provider and then fail (a timeout), the attempt is recorded; such an attempt —
 //! or one a crash interrupted — is reconciled with the provider before anything is sent
 //! again, where the provider makes that possible.
+//!
+//! Changes to messages already sent (edits, deletions, reactions) travel the same queue, in
+//! order behind the send they change, through the connector's capability. They are safe to
+//! repeat, so they are retried without reconciling; one refused for good is undone in the
+//! store.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,9 +23,9 @@ use rand::Rng;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError};
+use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError, Target};
 use crate::metrics::Metrics;
-use crate::store::{OutboxItem, OutboxWrite, Store};
+use crate::store::{Operation, OutboxItem, OutboxWrite, Store};
 
 /// Conversations delivering at once.
 const MAX_CONVERSATIONS_IN_FLIGHT: usize = 256;
@@ -108,8 +113,76 @@ struct Delivery {
 }
 
 impl Delivery {
-    /// Delivers the parts of one message not yet delivered, stopping at the first failure.
     async fn deliver(&self, item: OutboxItem) {
+        if item.operation == Operation::Send {
+            self.send(item).await
+        } else {
+            self.change(item).await
+        }
+    }
+
+    /// Delivers a change to a message already sent.
+    async fn change(&self, item: OutboxItem) {
+        let attempts = item.attempts + 1;
+        match self.apply_change(&item).await {
+            Ok(()) => {
+                self.metrics.delivery(self.connector.name(), "changed");
+                self.step(OutboxWrite::Changed { row: item.id }).await;
+            }
+            Err(SendError::Permanent { reason }) => self.fail(&item, reason).await,
+            // A change is safe to repeat: one that may have arrived is simply tried again.
+            Err(SendError::Ambiguous { reason }) => {
+                let error = SendError::Retry {
+                    reason,
+                    retry_after: None,
+                };
+                self.retry_or_fail(&item, attempts, error).await
+            }
+            Err(error) => self.retry_or_fail(&item, attempts, error).await,
+        }
+    }
+
+    async fn apply_change(&self, item: &OutboxItem) -> Result<(), SendError> {
+        let connector = &*self.connector;
+        let lost = |what: &str| SendError::Permanent {
+            reason: format!("connection {} cannot {what}", connector.name()),
+        };
+        let target = |message| Target {
+            chat: &item.chat,
+            kind: item.kind,
+            message,
+        };
+        // The message's first part stands for it; a deletion takes every part.
+        let first = target(item.targets.first().map(String::as_str));
+        match &item.operation {
+            Operation::Send => Err(lost("treat a send as a change")),
+            Operation::Edit(text) => {
+                let edit = connector.edit().ok_or_else(|| lost("edit messages"))?;
+                edit.edit(&first, text).await
+            }
+            Operation::Delete => {
+                let delete = connector.delete().ok_or_else(|| lost("delete messages"))?;
+                if item.targets.is_empty() {
+                    return delete.delete(&first).await;
+                }
+                for id in &item.targets {
+                    delete.delete(&target(Some(id.as_str()))).await?;
+                }
+                Ok(())
+            }
+            Operation::React(emoji) => {
+                let reactions = connector.reactions().ok_or_else(|| lost("react"))?;
+                reactions.add(&first, emoji).await
+            }
+            Operation::Unreact(emoji) => {
+                let reactions = connector.reactions().ok_or_else(|| lost("react"))?;
+                reactions.remove(&first, emoji).await
+            }
+        }
+    }
+
+    /// Delivers the parts of one message not yet delivered, stopping at the first failure.
+    async fn send(&self, item: OutboxItem) {
         let connector = &*self.connector;
         let parts = split_text(&item.text, connector.max_text_len(), |c| {
             connector.char_len(c)
@@ -134,6 +207,7 @@ impl Delivery {
                         tracing::info!(message_id = %item.message_id, part = index, "an interrupted send had arrived; not sending it again");
                         if !self
                             .step(OutboxWrite::PartSent {
+                                row: item.id,
                                 message_id: item.message_id,
                                 part: index as u32,
                                 provider_message_id: Some(id),
@@ -162,7 +236,7 @@ impl Delivery {
                 hint = connector.attempt_hint(&part).await;
                 let begun = self
                     .step(OutboxWrite::BeginAttempt {
-                        message_id: item.message_id,
+                        row: item.id,
                         hint: hint.clone(),
                     })
                     .await;
@@ -175,6 +249,7 @@ impl Delivery {
                     self.metrics.delivery(connector.name(), "sent");
                     if !self
                         .step(OutboxWrite::PartSent {
+                            row: item.id,
                             message_id: item.message_id,
                             part: index as u32,
                             provider_message_id,
@@ -192,36 +267,42 @@ impl Delivery {
                     return;
                 }
                 Err(error) => {
-                    let (outcome, in_doubt, retry_after) = match &error {
-                        SendError::Retry { retry_after, .. } => ("retry", false, *retry_after),
-                        _ => ("ambiguous", true, None),
-                    };
-                    self.metrics.delivery(connector.name(), outcome);
-                    if attempts >= MAX_ATTEMPTS {
-                        self.fail(&item, format!("gave up after {attempts} attempts: {error}"))
-                            .await;
-                        return;
-                    }
-                    let wait = retry_after.unwrap_or_else(|| backoff(attempts));
-                    tracing::info!(message_id = %item.message_id, attempts, wait_ms = wait.as_millis() as u64, error = %error, "delivery will be retried");
-                    let at = Timestamp::now() + wait;
-                    self.step(OutboxWrite::RetryLater {
-                        message_id: item.message_id,
-                        at,
-                        error: error.to_string(),
-                        in_doubt,
-                    })
-                    .await;
+                    self.retry_or_fail(&item, attempts, error).await;
                     return;
                 }
             }
         }
     }
 
+    /// Schedules the next attempt after a failed one, or gives up after too many.
+    async fn retry_or_fail(&self, item: &OutboxItem, attempts: u32, error: SendError) {
+        let (outcome, in_doubt, retry_after) = match &error {
+            SendError::Retry { retry_after, .. } => ("retry", false, *retry_after),
+            _ => ("ambiguous", true, None),
+        };
+        self.metrics.delivery(self.connector.name(), outcome);
+        if attempts >= MAX_ATTEMPTS {
+            self.fail(item, format!("gave up after {attempts} attempts: {error}"))
+                .await;
+            return;
+        }
+        let wait = retry_after.unwrap_or_else(|| backoff(attempts));
+        tracing::info!(message_id = %item.message_id, operation = item.operation.kind(), attempts, wait_ms = wait.as_millis() as u64, error = %error, "delivery will be retried");
+        self.step(OutboxWrite::RetryLater {
+            row: item.id,
+            at: Timestamp::now() + wait,
+            error: error.to_string(),
+            in_doubt,
+            attempts,
+        })
+        .await;
+    }
+
     async fn fail(&self, item: &OutboxItem, error: String) {
         self.metrics.delivery(self.connector.name(), "failed");
-        tracing::warn!(message_id = %item.message_id, error = %error, "delivery failed for good");
+        tracing::warn!(message_id = %item.message_id, operation = item.operation.kind(), error = %error, "delivery failed for good");
         self.step(OutboxWrite::Failed {
+            row: item.id,
             message_id: item.message_id,
             error,
         })

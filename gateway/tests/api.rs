@@ -9,9 +9,9 @@ use common::{Gateway, TOKEN, webchat_body, write_config};
 use futures_util::{SinkExt, StreamExt};
 use moltbot_protocol::inbox::{
     ApiError, ConversationView, DeliveryStatus, Direction, ErrorCode, Ingested, MessageView, Page,
-    SearchHit, ServerFrame,
+    ReactionView, SearchHit, ServerFrame,
 };
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Client, Method, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -93,6 +93,19 @@ impl Api {
             .send()
             .await
             .unwrap()
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Response {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
     }
 
     async fn metric(&self, name: &str) -> f64 {
@@ -969,4 +982,271 @@ async fn stream_refuses_unknown_conversations_and_plain_http() {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),
         other => panic!("expected a 404, got {:?}", other.map(|(_, r)| r.status())),
     }
+}
+
+/// The next `message.updated` frame of message `id` that satisfies `done`.
+async fn updated_until(
+    socket: &mut Socket,
+    id: moltbot_protocol::ids::MessageId,
+    done: impl Fn(&MessageView) -> bool,
+) -> MessageView {
+    loop {
+        if let ServerFrame::MessageUpdated(m) = next_frame(socket).await
+            && m.id == id
+            && done(&m)
+        {
+            return m;
+        }
+    }
+}
+
+fn reaction(emoji: &str, count: u32, mine: bool) -> ReactionView {
+    ReactionView {
+        emoji: emoji.to_string(),
+        count,
+        mine,
+    }
+}
+
+#[tokio::test]
+async fn messages_sent_here_can_be_edited_deleted_and_reacted_to() {
+    let api = Api::start();
+    let mut stream = connect(&api, "", bearer_header).await;
+    let (_, asked) = api.webchat("s1", "m1", "what time is it").await;
+    let conversation = asked.conversation_id.unwrap();
+    let inbound = asked.message_id.unwrap();
+    let reply: MessageView = api
+        .send(conversation, "t1", "noon")
+        .await
+        .json()
+        .await
+        .unwrap();
+    updated_until(&mut stream, reply.id, |m| m.status == DeliveryStatus::Sent).await;
+    let path = format!("/v1/messages/{}", reply.id);
+    let edit = |text: &str| Some(json!({ "text": text }));
+
+    // An edit is published, and repeating it changes nothing.
+    let edited: MessageView = api
+        .call(Method::PATCH, &path, edit("half past twelve"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(edited.text.as_deref(), Some("half past twelve"));
+    let edited_at = edited.edited_at.expect("an edit time");
+    let seen = updated_until(&mut stream, reply.id, |m| m.edited_at.is_some()).await;
+    assert_eq!(seen.text.as_deref(), Some("half past twelve"));
+    let again = api
+        .call(Method::PATCH, &path, edit("half past twelve"))
+        .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: MessageView = again.json().await.unwrap();
+    assert_eq!(again.edited_at, Some(edited_at), "a repeat is no new edit");
+    let hits: Page<SearchHit> = api.get_json("/v1/search?q=twelve").await;
+    assert_eq!(hits.items.len(), 1, "search finds the new text");
+
+    // The gateway's reactions: each emoji once, a repeat changes nothing.
+    let thumbs = format!("{path}/reactions/%F0%9F%91%8D");
+    let heart = format!("{path}/reactions/%E2%9D%A4");
+    for url in [&thumbs, &thumbs, &heart] {
+        let response = api.call(Method::PUT, url, None).await;
+        assert_eq!(response.status(), StatusCode::OK, "PUT {url}");
+    }
+    let message: MessageView = api.get_json(&path).await;
+    assert_eq!(
+        message.reactions,
+        [reaction("👍", 1, true), reaction("❤", 1, true)]
+    );
+    for _ in 0..2 {
+        let response = api.call(Method::DELETE, &thumbs, None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let message: MessageView = api.get_json(&path).await;
+    assert_eq!(message.reactions, [reaction("❤", 1, true)]);
+
+    // A person's reactions arrive as canonical events and take effect once; an older event
+    // arriving late does not undo a newer one.
+    let reacted = |id: &str, kind: &str, at: &str| {
+        json!({"schema_version": 1, "id": id, "occurred_at": at,
+               "source": {"channel": "webchat", "connection": "webchat"}, "type": kind,
+               "data": {"conversation": "s1", "provider_message_id": "m1",
+                        "sender": {"provider_id": "ada"}, "emoji": "🔥"}})
+    };
+    let added = reacted(
+        "01JD0000000000000000000011",
+        "reaction.added",
+        "2026-11-21T10:00:05Z",
+    );
+    let stale = reacted(
+        "01JD0000000000000000000012",
+        "reaction.removed",
+        "2026-11-21T10:00:01Z",
+    );
+    for (event, status) in [
+        (&added, StatusCode::CREATED),
+        (&added, StatusCode::OK),
+        (&stale, StatusCode::CREATED),
+    ] {
+        assert_eq!(api.post_json("/v1/events", event).await.status(), status);
+    }
+    let inbound_path = format!("/v1/messages/{inbound}");
+    let message: MessageView = api.get_json(&inbound_path).await;
+    assert_eq!(message.reactions, [reaction("🔥", 1, false)]);
+    let removed = reacted(
+        "01JD0000000000000000000013",
+        "reaction.removed",
+        "2026-11-21T10:00:09Z",
+    );
+    api.post_json("/v1/events", &removed).await;
+    let message: MessageView = api.get_json(&inbound_path).await;
+    assert!(message.reactions.is_empty());
+
+    // A deletion marks the message at once; its text goes once the channel confirmed.
+    let deleted: MessageView = api
+        .call(Method::DELETE, &path, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(deleted.deleted);
+    let gone = updated_until(&mut stream, reply.id, |m| m.deleted && m.text.is_none()).await;
+    assert_eq!(gone.status, DeliveryStatus::Sent);
+    assert_eq!(
+        api.call(Method::DELETE, &path, None).await.status(),
+        StatusCode::OK
+    );
+    let hits: Page<SearchHit> = api.get_json("/v1/search?q=twelve").await;
+    assert!(hits.items.is_empty(), "deleted text is gone from search");
+}
+
+#[tokio::test]
+async fn message_changes_refuse_bad_input_and_change_nothing() {
+    let api = Api::start();
+    let (_, asked) = api.webchat("s1", "m1", "hello").await;
+    let conversation = asked.conversation_id.unwrap();
+    let inbound = format!("/v1/messages/{}", asked.message_id.unwrap());
+    let reply: MessageView = api
+        .send(conversation, "t1", "hi")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let own = format!("/v1/messages/{}", reply.id);
+    let text = Some(json!({"text": "changed"}));
+    let cases = [
+        // Someone else's message.
+        (
+            Method::PATCH,
+            inbound.clone(),
+            text.clone(),
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+        ),
+        (
+            Method::DELETE,
+            inbound.clone(),
+            None,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+        ),
+        // No such message.
+        (
+            Method::PATCH,
+            "/v1/messages/01JD0000000000000000000000".into(),
+            text.clone(),
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+        ),
+        (
+            Method::PUT,
+            "/v1/messages/01JD0000000000000000000000/reactions/x".into(),
+            None,
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+        ),
+        (
+            Method::PATCH,
+            "/v1/messages/nope".into(),
+            text.clone(),
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+        ),
+        // Bad bodies and emoji.
+        (
+            Method::PATCH,
+            own.clone(),
+            Some(json!({"text": "  "})),
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            Method::PATCH,
+            own.clone(),
+            Some(json!({"txt": "x"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            Method::PUT,
+            format!("{own}/reactions/a%20b"),
+            None,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+        ),
+        (
+            Method::PUT,
+            format!("{own}/reactions/{}", "x".repeat(65)),
+            None,
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let response = api.call(method.clone(), &path, body).await;
+        assert_eq!(response.status(), status, "{method} {path}");
+        let error: ApiError = response.json().await.unwrap();
+        assert_eq!(error.error, code, "{method} {path}: {}", error.message);
+    }
+    let message: MessageView = api.get_json(&inbound).await;
+    assert_eq!(message.text.as_deref(), Some("hello"));
+    assert!(!message.deleted && message.reactions.is_empty());
+    let message: MessageView = api.get_json(&own).await;
+    assert_eq!(message.text.as_deref(), Some("hi"));
+    assert!(message.edited_at.is_none() && message.reactions.is_empty());
+
+    // A deleted message takes no edit and no reaction.
+    api.call(Method::DELETE, &own, None).await;
+    expect_error(
+        api.call(Method::PATCH, &own, text.clone()).await,
+        StatusCode::CONFLICT,
+        ErrorCode::Conflict,
+    )
+    .await;
+    expect_error(
+        api.call(Method::PUT, &format!("{own}/reactions/x"), None)
+            .await,
+        StatusCode::CONFLICT,
+        ErrorCode::Conflict,
+    )
+    .await;
+
+    // A conversation whose connection is not configured here cannot be changed.
+    let event = json!({"schema_version": 1, "id": "01JD0000000000000000000021", "occurred_at": "2026-11-21T10:00:00Z",
+        "source": {"channel": "telegram", "connection": "gone"}, "type": "message.received",
+        "data": {"conversation": {"provider_id": "5"}, "provider_message_id": "1",
+                 "sender": {"provider_id": "u1"}, "text": "hi", "sent_at": "2026-11-21T10:00:00Z"}});
+    let ingested: Ingested = api
+        .post_json("/v1/events", &event)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let elsewhere = format!("/v1/messages/{}", ingested.message_id.unwrap());
+    expect_error(
+        api.call(Method::PUT, &format!("{elsewhere}/reactions/x"), None)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::NotSupported,
+    )
+    .await;
 }

@@ -673,3 +673,390 @@ async fn sigkill_mid_burst_then_restart_answers_everyone_once() {
 async fn sigterm_mid_burst_then_restart_answers_everyone_once() {
     burst_survives(libc::SIGTERM).await;
 }
+
+async fn request(
+    gateway: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method, gateway.url(path))
+        .bearer_auth(TOKEN);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Ann asks, Pi answers; answers Ann's message id at Telegram and the gateway's ids of her
+/// message and of Pi's reply, once the reply is marked sent.
+async fn ann_asks_and_pi_answers(setup: &Setup, gateway: &Gateway) -> (i64, String, String) {
+    setup.model.enqueue(Reply::Text("It is noon.".into()));
+    let asked = setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "what time is it");
+    let asked = asked["message_id"].as_i64().unwrap();
+    let conversation = eventually("the conversation", gateway, async || {
+        let list = get(gateway, "/v1/conversations?channel=telegram").await;
+        list["items"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    let messages = format!("/v1/conversations/{conversation}/messages");
+    eventually("the reply marked sent", gateway, async || {
+        let page = get(gateway, &messages).await;
+        let items = page["items"].as_array().unwrap().clone();
+        let reply = items
+            .iter()
+            .find(|m| m["direction"] == "outbound" && m["status"] == "sent")?;
+        let question = items.iter().find(|m| m["direction"] == "inbound")?;
+        Some((
+            asked,
+            question["id"].as_str().unwrap().to_string(),
+            reply["id"].as_str().unwrap().to_string(),
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edits_deletions_and_reactions_reach_telegram_and_come_back() {
+    use reqwest::Method;
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let (asked, question, reply) = ann_asks_and_pi_answers(&setup, &gateway).await;
+    let reply_path = format!("/v1/messages/{reply}");
+    let tg = &setup.telegram;
+    let pi_said = tg.sent(BOT)[0].clone();
+
+    let (status, _) = request(
+        &gateway,
+        Method::PATCH,
+        &reply_path,
+        Some(json!({"text": "It is half past twelve."})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("the edit at Telegram", &gateway, async || {
+        let now = &tg.sent(BOT)[0];
+        (now.edited && now.text == "It is half past twelve.").then_some(())
+    })
+    .await;
+    // An edit is one Telegram message: over 4,096 UTF-16 units it is refused, not split.
+    let long = "😀".repeat(2049);
+    let (status, error) = request(
+        &gateway,
+        Method::PATCH,
+        &reply_path,
+        Some(json!({ "text": long })),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (422, Some("text_too_long")),
+        "{error}"
+    );
+    assert_eq!(
+        get(&gateway, &reply_path).await["text"],
+        "It is half past twelve."
+    );
+
+    // The bot's reaction: Telegram takes one per message.
+    let on_question = format!("/v1/messages/{question}/reactions");
+    let (status, view) = request(&gateway, Method::PUT, &format!("{on_question}/👍"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        view["reactions"],
+        json!([{"emoji": "👍", "count": 1, "mine": true}])
+    );
+    eventually("the reaction at Telegram", &gateway, async || {
+        (tg.bot_reactions(BOT, 42, asked) == ["👍"]).then_some(())
+    })
+    .await;
+    let (status, error) = request(&gateway, Method::PUT, &format!("{on_question}/🔥"), None).await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (409, Some("conflict")),
+        "{error}"
+    );
+    request(&gateway, Method::DELETE, &format!("{on_question}/👍"), None).await;
+    eventually("the reaction taken back", &gateway, async || {
+        tg.bot_reactions(BOT, 42, asked).is_empty().then_some(())
+    })
+    .await;
+    // Telegram refuses an emoji outside its list: the reaction is undone in the inbox.
+    let (status, _) = request(&gateway, Method::PUT, &format!("{on_question}/🦖"), None).await;
+    assert_eq!(status, 200);
+    eventually("the refused reaction undone", &gateway, async || {
+        let view = get(&gateway, &format!("/v1/messages/{question}")).await;
+        view.get("reactions").is_none().then_some(())
+    })
+    .await;
+    let refused = tg
+        .calls(BOT)
+        .into_iter()
+        .filter(|c| c.method == "setMessageReaction" && c.status == 400)
+        .count();
+    assert_eq!(refused, 1, "a refusal is not retried");
+
+    // Ann's reactions on Pi's reply show in the inbox; a change takes one back, adds one.
+    for emoji in ["🔥", "👍"] {
+        let chat = ChatSpec::private(42);
+        tg.user_reacts(BOT, &chat, &ann(), pi_said.message_id, &[emoji]);
+        eventually("Ann's reaction in the inbox", &gateway, async || {
+            let view = get(&gateway, &reply_path).await;
+            (view["reactions"] == json!([{"emoji": emoji, "count": 1}])).then_some(())
+        })
+        .await;
+    }
+
+    let (status, _) = request(&gateway, Method::DELETE, &reply_path, None).await;
+    assert_eq!(status, 200);
+    eventually("the deletion at Telegram", &gateway, async || {
+        tg.sent(BOT)[0].deleted.then_some(())
+    })
+    .await;
+    let view = eventually("the text gone", &gateway, async || {
+        let view = get(&gateway, &reply_path).await;
+        view.get("text").is_none().then_some(view)
+    })
+    .await;
+    assert_eq!(view["deleted"], true);
+    let (status, error) = request(
+        &gateway,
+        Method::PATCH,
+        &reply_path,
+        Some(json!({"text": "back?"})),
+    )
+    .await;
+    assert_eq!(
+        (status, error["error"].as_str()),
+        (409, Some("conflict")),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edit_queued_before_a_kill_is_delivered_once_after_restart() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let mut gateway = start(&config).await;
+    let (_, _, reply) = ann_asks_and_pi_answers(&setup, &gateway).await;
+    let tg = &setup.telegram;
+    let edits = |status: u16| {
+        tg.calls(BOT)
+            .into_iter()
+            .filter(|c| c.method == "editMessageText" && c.status == status)
+            .count()
+    };
+    // The first attempt fails, so the edit waits in the outbox for its retry.
+    tg.fail_next(BOT, "editMessageText", Failure::ServerError);
+    let (status, _) = request(
+        &gateway,
+        reqwest::Method::PATCH,
+        &format!("/v1/messages/{reply}"),
+        Some(json!({"text": "It is one o'clock."})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("the failed attempt", &gateway, async || {
+        (edits(502) == 1).then_some(())
+    })
+    .await;
+    gateway.signal(libc::SIGKILL);
+    gateway.wait(Duration::from_secs(5));
+    assert_eq!(edits(200), 0, "the retry had not happened before the kill");
+
+    let restarted = start(&config).await;
+    eventually("the edit after the restart", &restarted, async || {
+        (tg.sent(BOT)[0].text == "It is one o'clock.").then_some(())
+    })
+    .await;
+    // Anything delivered twice would show by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(edits(200), 1, "{}", restarted.log_text());
+    assert_eq!(
+        get(&restarted, &format!("/v1/messages/{reply}")).await["text"],
+        "It is one o'clock."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn attachments_stream_from_telegram_and_never_show_the_token() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let tg = &setup.telegram;
+    let chat = ChatSpec::private(42);
+    let pdf: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    tg.user_sends_document(
+        BOT,
+        &chat,
+        &ann(),
+        "report.pdf",
+        "application/pdf",
+        pdf.clone(),
+    );
+    tg.user_sends_photo(BOT, &chat, &ann(), Some("look"), vec![7; 1000]);
+    let huge = tg.user_sends_document(
+        BOT,
+        &chat,
+        &ann(),
+        "huge.bin",
+        "application/octet-stream",
+        vec![0; 20 * 1024 * 1024 + 1],
+    );
+    let with_files = eventually("three messages with files", &gateway, async || {
+        let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+        let id = list["items"][0]["id"].as_str()?.to_string();
+        let page = get(&gateway, &format!("/v1/conversations/{id}/messages")).await;
+        let mut ids: Vec<String> = page["items"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["attachments"].is_array())
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.reverse();
+        (ids.len() == 3).then_some(ids)
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let fetch = async |path: &str| {
+        client
+            .get(gateway.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+    };
+    let attachment =
+        |n: usize, index: usize| format!("/v1/messages/{}/attachments/{index}", with_files[n]);
+
+    let document = fetch(&attachment(0, 0)).await;
+    assert_eq!(document.status(), 200);
+    assert_eq!(document.headers()["content-type"], "application/pdf");
+    assert_eq!(document.headers()["content-disposition"], "attachment");
+    assert_eq!(document.bytes().await.unwrap(), pdf);
+    let photo = fetch(&attachment(1, 0)).await;
+    assert_eq!(photo.headers()["content-type"], "image/jpeg");
+    assert_eq!(photo.bytes().await.unwrap(), vec![7; 1000]);
+
+    let expect = async |path: &str, status: u16, code: &str| {
+        let response = fetch(path).await;
+        assert_eq!(response.status().as_u16(), status, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code, "{path}: {body}");
+        body["message"].as_str().unwrap().to_string()
+    };
+    expect(&attachment(0, 1), 404, "not_found").await;
+    // Over Telegram's 20 MB download limit: refused by its size, before asking Telegram.
+    let get_files = || {
+        (tg.calls(BOT).iter())
+            .filter(|c| c.method == "getFile")
+            .count()
+    };
+    let asked = get_files();
+    let message = expect(&attachment(2, 0), 413, "media_too_large").await;
+    assert!(message.contains("20971520"), "{message}");
+    assert_eq!(get_files(), asked, "Telegram was not asked");
+    // The same file without a size in its metadata: Telegram's getFile refuses it.
+    let event = json!({"schema_version": 1, "id": "01JD0000000000000000000031", "occurred_at": "2026-11-21T10:00:00Z",
+        "source": {"channel": "telegram", "connection": "tg"}, "type": "message.received",
+        "data": {"conversation": {"provider_id": "42"}, "provider_message_id": "9001", "sender": {"provider_id": "42"},
+                 "attachments": [{"kind": "file", "provider_file_id": huge["document"]["file_id"]}],
+                 "sent_at": "2026-11-21T10:00:00Z"}});
+    let (_, ingested) = post(&gateway, "/v1/events", event).await;
+    let sizeless = format!(
+        "/v1/messages/{}/attachments/0",
+        ingested["message_id"].as_str().unwrap()
+    );
+    expect(&sizeless, 413, "media_too_large").await;
+    // Telegram in trouble: a clear 502 that names no URL.
+    tg.fail_next(BOT, "getFile", Failure::ServerError);
+    let message = expect(&attachment(0, 0), 502, "provider_unavailable").await;
+    assert!(
+        !message.contains("TEST-token_abc") && !message.contains("/file/bot"),
+        "{message}"
+    );
+
+    // Web chat has no files to fetch.
+    let event = json!({"schema_version": 1, "id": "01JD0000000000000000000032", "occurred_at": "2026-11-21T10:00:00Z",
+        "source": {"channel": "webchat", "connection": "webchat"}, "type": "message.received",
+        "data": {"conversation": {"provider_id": "s1"}, "provider_message_id": "m1", "sender": {"provider_id": "ada"},
+                 "attachments": [{"kind": "file", "provider_file_id": "f1"}], "sent_at": "2026-11-21T10:00:00Z"}});
+    let (_, ingested) = post(&gateway, "/v1/events", event).await;
+    let webchat = format!(
+        "/v1/messages/{}/attachments/0",
+        ingested["message_id"].as_str().unwrap()
+    );
+    expect(&webchat, 422, "not_supported").await;
+
+    let log = gateway.log_text();
+    assert!(!log.contains("TEST-token_abc"), "the token is in the log");
+    assert!(!log.contains("/file/bot"), "a file URL is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_deleted_before_it_went_out_is_never_sent() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let tg = &setup.telegram;
+    // The reply's first attempt fails, so it waits in the outbox for its retry.
+    tg.fail_next(BOT, "sendMessage", Failure::ServerError);
+    setup
+        .model
+        .enqueue(Reply::Text("You will never read this.".into()));
+    tg.user_sends(BOT, &ChatSpec::private(42), &ann(), "hello");
+    let (conversation, reply) = eventually("the reply waiting", &gateway, async || {
+        let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+        let conversation = list["items"][0]["id"].as_str()?.to_string();
+        let page = get(
+            &gateway,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
+        .await;
+        let reply =
+            (page["items"].as_array()?.iter()).find(|m| m["direction"] == "outbound")?["id"]
+                .as_str()?
+                .to_string();
+        let failed = tg
+            .calls(BOT)
+            .iter()
+            .any(|c| c.method == "sendMessage" && c.status == 502);
+        failed.then_some((conversation, reply))
+    })
+    .await;
+    let (status, view) = request(
+        &gateway,
+        reqwest::Method::DELETE,
+        &format!("/v1/messages/{reply}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["deleted"].as_bool(), view.get("text")),
+        (Some(true), None)
+    );
+    assert_eq!(view["status"], "failed", "it will not be sent");
+
+    // Messages of a conversation go out in order: the next one arriving means the deleted
+    // one was settled.
+    let path = format!("/v1/conversations/{conversation}/send/after");
+    let (status, _) = request(
+        &gateway,
+        reqwest::Method::PUT,
+        &path,
+        Some(json!({"text": "after"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent = tg.wait_for_sent(BOT, 1, Duration::from_secs(10)).await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(sent[0].text, "after");
+    assert!(
+        !tg.calls(BOT).iter().any(|c| c.method == "deleteMessage"),
+        "nothing to delete at Telegram"
+    );
+}

@@ -7,6 +7,11 @@
 //! - `GET  /v1/conversations/{id}/messages?cursor=&limit=` → [`Page`] of [`MessageView`], newest first
 //! - `PUT  /v1/conversations/{id}/send/{txn_id}` ([`SendMessage`]) → [`MessageView`]; the
 //!   same `txn_id` returns the same message
+//! - `GET  /v1/messages/{id}` → [`MessageView`]; `PATCH /v1/messages/{id}` ([`EditMessage`]) and
+//!   `DELETE /v1/messages/{id}` change a message this gateway sent; `PUT|DELETE
+//!   /v1/messages/{id}/reactions/{emoji}` add or take back the gateway's reaction (all
+//!   idempotent, → [`MessageView`]); `GET /v1/messages/{id}/attachments/{index}` streams an
+//!   attachment's bytes
 //! - `GET  /v1/search?q=&conversation_id=&cursor=&limit=` → [`Page`] of [`SearchHit`]
 //! - `POST /v1/events` (a canonical [`crate::Event`]) → [`Ingested`]
 //! - `POST /v1/webchat/messages` ([`WebchatMessage`]) → [`Ingested`]
@@ -49,6 +54,16 @@ pub enum ErrorCode {
     MethodNotAllowed,
     UnsupportedMediaType,
     Conflict,
+    /// Only messages this gateway sent may be changed this way.
+    Forbidden,
+    /// The message's channel cannot do this (no such capability).
+    NotSupported,
+    /// A text over the channel's limit where it cannot be split (an edit).
+    TextTooLong,
+    /// An attachment over the size the channel lets the gateway fetch.
+    MediaTooLarge,
+    /// The channel's provider failed or could not be reached.
+    ProviderUnavailable,
     ShuttingDown,
     Internal,
 }
@@ -67,6 +82,11 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::MediaTooLarge => "media_too_large",
+            ErrorCode::ProviderUnavailable => "provider_unavailable",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
@@ -161,6 +181,19 @@ pub struct MessageView {
     pub edited_at: Option<Timestamp>,
     #[serde(default)]
     pub deleted: bool,
+    /// Reactions on the message, one entry per emoji.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionView>,
+}
+
+/// One emoji on a message: how many reacted with it, and whether this gateway did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionView {
+    pub emoji: String,
+    pub count: u32,
+    /// The gateway's own reaction (set through the API).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mine: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -179,6 +212,12 @@ pub struct MarkRead {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SendMessage {
+    pub text: String,
+}
+
+/// `PATCH /v1/messages/{id}`: the new text of a message this gateway sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditMessage {
     pub text: String,
 }
 

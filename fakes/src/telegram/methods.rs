@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::params::Params;
-use super::state::{Bot, EditError, Editor, Shared};
+use super::state::{Bot, DeleteError, EditError, Editor, Shared, unix_now};
 use super::webhook::Webhook;
 use super::wire::{ApiReply, Content, File, WebhookInfo};
 
@@ -31,6 +31,17 @@ const CONFLICT_OTHER_POLL: &str = "Conflict: terminated by other getUpdates requ
 const CONFLICT_SET_WEBHOOK: &str = "Conflict: terminated by setWebhook request";
 const CONFLICT_WEBHOOK_ACTIVE: &str = "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first";
 const NOT_MODIFIED: &str = "message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message";
+
+/// The emoji a reaction may use (Bot API, ReactionTypeEmoji).
+#[rustfmt::skip]
+const REACTION_EMOJI: [&str; 73] = [
+    "👍", "👎", "❤", "🔥", "🥰", "👏", "😁", "🤔", "🤯", "😱", "🤬", "😢", "🎉", "🤩", "🤮", "💩",
+    "🙏", "👌", "🕊", "🤡", "🥱", "🥴", "😍", "🐳", "❤\u{200d}🔥", "🌚", "🌭", "💯", "🤣", "⚡",
+    "🍌", "🏆", "💔", "🤨", "😐", "🍓", "🍾", "💋", "🖕", "😈", "😴", "😭", "🤓", "👻",
+    "👨\u{200d}💻", "👀", "🎃", "🙈", "😇", "😨", "🤝", "✍", "🤗", "🫡", "🎅", "🎄", "☃", "💅",
+    "🤪", "🗿", "🆒", "💘", "🙉", "🦄", "😘", "💊", "🙊", "😎", "👾", "🤷\u{200d}♂", "🤷",
+    "🤷\u{200d}♀", "😡",
+];
 
 const CHAT_ACTIONS: [&str; 11] = [
     "typing",
@@ -61,10 +72,12 @@ pub(super) enum Method {
     EditMessageText,
     SendChatAction,
     GetFile,
+    DeleteMessage,
+    SetMessageReaction,
 }
 
 impl Method {
-    const ALL: [Method; 9] = [
+    const ALL: [Method; 11] = [
         Method::GetMe,
         Method::GetUpdates,
         Method::SetWebhook,
@@ -74,6 +87,8 @@ impl Method {
         Method::EditMessageText,
         Method::SendChatAction,
         Method::GetFile,
+        Method::DeleteMessage,
+        Method::SetMessageReaction,
     ];
 
     /// The method a URL names; like the real server, case-insensitively.
@@ -94,6 +109,8 @@ impl Method {
             Method::EditMessageText => "editMessageText",
             Method::SendChatAction => "sendChatAction",
             Method::GetFile => "getFile",
+            Method::DeleteMessage => "deleteMessage",
+            Method::SetMessageReaction => "setMessageReaction",
         }
     }
 }
@@ -115,6 +132,10 @@ pub(super) async fn call(
         Method::EditMessageText => change_bot(shared, token, |bot| edit_message_text(bot, params)),
         Method::SendChatAction => read_bot(shared, token, |bot| send_chat_action(bot, params)),
         Method::GetFile => read_bot(shared, token, |bot| get_file(bot, params)),
+        Method::DeleteMessage => change_bot(shared, token, |bot| delete_message(bot, params)),
+        Method::SetMessageReaction => {
+            change_bot(shared, token, |bot| set_message_reaction(bot, params))
+        }
     };
     answer.unwrap_or_else(|refusal| refusal)
 }
@@ -323,10 +344,7 @@ fn send_message(bot: &mut Bot, params: &Params) -> Answer {
 
 fn edit_message_text(bot: &mut Bot, params: &Params) -> Answer {
     let text = message_text(params, "MESSAGE_TOO_LONG")?;
-    let message_id = params
-        .int("message_id")
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiReply::bad_request("message identifier is not specified"))?;
+    let message_id = message_id(params)?;
     let chat_id = known_chat(bot, params)?;
     // Telegram vets the target before flood control and compares the text after it.
     bot.chat(chat_id)
@@ -350,6 +368,66 @@ fn edit_refusal(error: EditError) -> ApiReply {
         EditError::NoText => "there is no text in the message to edit",
         EditError::NotModified => NOT_MODIFIED,
     })
+}
+
+fn delete_message(bot: &mut Bot, params: &Params) -> Answer {
+    let message_id = message_id(params)?;
+    let chat_id = known_chat(bot, params)?;
+    bot.chat_mut(chat_id)
+        .ok_or_else(chat_not_found)?
+        .delete(message_id, unix_now())
+        .map_err(|error| {
+            ApiReply::bad_request(match error {
+                DeleteError::NotFound => "message to delete not found",
+                DeleteError::TooOld => "message can't be deleted for everyone",
+                DeleteError::NotAllowed => "message can't be deleted",
+            })
+        })?;
+    Ok(ApiReply::ok(true))
+}
+
+/// Sets the bot's reactions on a message; an absent or empty `reaction` takes them back.
+/// A bot without Premium may set one.
+fn set_message_reaction(bot: &mut Bot, params: &Params) -> Answer {
+    let message_id = message_id(params)?;
+    let chat_id = known_chat(bot, params)?;
+    let reaction = match params.json("reaction") {
+        None => Vec::new(),
+        Some(Ok(Value::Array(reaction))) => reaction,
+        Some(_) => {
+            return Err(ApiReply::bad_request(
+                "can't parse reaction types JSON object",
+            ));
+        }
+    };
+    let emojis = reaction
+        .iter()
+        .map(
+            |reaction| match (reaction["type"].as_str(), reaction["emoji"].as_str()) {
+                (Some("emoji"), Some(emoji)) if REACTION_EMOJI.contains(&emoji) => {
+                    Ok(emoji.to_owned())
+                }
+                _ => Err(ApiReply::bad_request("REACTION_INVALID")),
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()?;
+    if emojis.len() > 1 {
+        return Err(ApiReply::bad_request("REACTIONS_TOO_MANY"));
+    }
+    let bot_id = bot.user.id;
+    bot.chat_mut(chat_id)
+        .ok_or_else(chat_not_found)?
+        .set_reactions(message_id, bot_id, emojis)
+        .ok_or_else(|| ApiReply::bad_request("message to react not found"))?;
+    Ok(ApiReply::ok(true))
+}
+
+/// The `message_id` parameter, which must be a positive number.
+fn message_id(params: &Params) -> Result<i64, ApiReply> {
+    params
+        .int("message_id")
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiReply::bad_request("message identifier is not specified"))
 }
 
 fn send_chat_action(bot: &Bot, params: &Params) -> Answer {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rand::Rng;
+use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +118,9 @@ const UPDATE_KINDS: [&str; 23] = [
     "removed_chat_boost",
 ];
 
+/// How long the bot may delete its own messages for everyone.
+const MAX_DELETE_AGE_SECS: i64 = 48 * 3600;
+
 /// Nominal sides of the two sizes a photo is offered in.
 const PHOTO_SIDES: [u32; 2] = [90, 1280];
 
@@ -127,7 +131,8 @@ pub(super) struct Bot {
     chats: HashMap<i64, ChatState>,
     pub(super) updates: UpdateQueue,
     /// Update kinds the bot subscribed to; `None` is Telegram's default, which includes every
-    /// kind this fake produces.
+    /// kind this fake produces except `message_reaction` (Telegram sends those only to bots
+    /// that name them).
     pub(super) allowed_updates: Option<Vec<String>>,
     files: HashMap<String, StoredFile>,
     /// The bot's messages in sending order, as (chat id, message id).
@@ -159,6 +164,16 @@ pub(super) enum Editor {
     Bot,
     /// A person, by user id.
     Person(i64),
+}
+
+/// Why a message could not be deleted.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum DeleteError {
+    NotFound,
+    /// The bot's own message, older than 48 hours.
+    TooOld,
+    /// Someone else's message in a group: only an administrator may delete it.
+    NotAllowed,
 }
 
 /// Why a message's text could not be edited.
@@ -257,6 +272,46 @@ impl Bot {
         let message = chat.edit_text(message_id, text, Editor::Person(user_id))?;
         self.queue_message_update(&message, true);
         Ok(message)
+    }
+
+    /// A person sets their reactions on a message (an empty list takes them back); queues a
+    /// `message_reaction` update if that changed anything and the bot asked for the kind.
+    pub(super) fn user_react(
+        &mut self,
+        chat_id: i64,
+        from: &UserSpec,
+        message_id: i64,
+        emojis: Vec<String>,
+    ) -> Result<(), NoSuchMessage> {
+        let chat = self
+            .chats
+            .get_mut(&chat_id)
+            .ok_or(NoSuchMessage(message_id))?;
+        let old = chat
+            .set_reactions(message_id, from.id, emojis.clone())
+            .ok_or(NoSuchMessage(message_id))?;
+        let subscribed = self
+            .allowed_updates
+            .as_ref()
+            .is_some_and(|kinds| kinds.iter().any(|kind| kind == "message_reaction"));
+        if old != emojis && subscribed {
+            let as_types = |emojis: &[String]| -> Vec<Value> {
+                emojis
+                    .iter()
+                    .map(|emoji| json!({"type": "emoji", "emoji": emoji}))
+                    .collect()
+            };
+            let update = json!({
+                "chat": chat.chat,
+                "message_id": message_id,
+                "user": person(from),
+                "date": unix_now(),
+                "old_reaction": as_types(&old),
+                "new_reaction": as_types(&emojis),
+            });
+            self.updates.push("message_reaction", update);
+        }
+        Ok(())
     }
 
     fn queue_message_update(&mut self, message: &Message, edited: bool) {
@@ -412,7 +467,8 @@ impl Bot {
             .iter()
             .skip(from)
             .filter_map(|&(chat_id, message_id)| {
-                let message = &self.chats.get(&chat_id)?.messages.get(&message_id)?.message;
+                let stored = self.chats.get(&chat_id)?.messages.get(&message_id)?;
+                let message = &stored.message;
                 let text = match &message.content {
                     Content::Text { text } => text.clone(),
                     Content::Photo { caption, .. } | Content::Document { caption, .. } => {
@@ -426,6 +482,7 @@ impl Bot {
                     reply_to_message_id: message.reply_to_message.as_ref().map(|m| m.message_id),
                     date: message.date,
                     edited: message.edit_date.is_some(),
+                    deleted: stored.deleted,
                 })
             })
             .collect()
@@ -483,6 +540,10 @@ struct StoredMessage {
     message: Message,
     /// Written by the bot.
     outgoing: bool,
+    /// Deleted for everyone: kept only so that `sent()` can show it.
+    deleted: bool,
+    /// Each reactor's emoji (the bot's under its own user id), in the order set.
+    reactions: BTreeMap<i64, Vec<String>>,
 }
 
 impl ChatState {
@@ -514,7 +575,62 @@ impl ChatState {
     }
 
     pub(super) fn has_message(&self, message_id: i64) -> bool {
-        self.messages.contains_key(&message_id)
+        self.live(message_id).is_some()
+    }
+
+    /// A message that was not deleted.
+    fn live(&self, message_id: i64) -> Option<&StoredMessage> {
+        self.messages.get(&message_id).filter(|m| !m.deleted)
+    }
+
+    fn live_mut(&mut self, message_id: i64) -> Option<&mut StoredMessage> {
+        self.messages.get_mut(&message_id).filter(|m| !m.deleted)
+    }
+
+    /// Deletes a message for everyone, as the bot may: its own messages for 48 hours, and
+    /// anyone's in a private chat.
+    pub(super) fn delete(&mut self, message_id: i64, now: i64) -> Result<(), DeleteError> {
+        let private = self.chat.kind == ChatKind::Private;
+        let stored = self.live_mut(message_id).ok_or(DeleteError::NotFound)?;
+        if !stored.outgoing && !private {
+            return Err(DeleteError::NotAllowed);
+        }
+        if now - stored.message.date >= MAX_DELETE_AGE_SECS {
+            return Err(DeleteError::TooOld);
+        }
+        stored.deleted = true;
+        Ok(())
+    }
+
+    /// Replaces one reactor's reactions on a message; answers the ones replaced, or `None`
+    /// if the message does not exist.
+    pub(super) fn set_reactions(
+        &mut self,
+        message_id: i64,
+        reactor: i64,
+        emojis: Vec<String>,
+    ) -> Option<Vec<String>> {
+        let reactions = &mut self.live_mut(message_id)?.reactions;
+        let old = if emojis.is_empty() {
+            reactions.remove(&reactor)
+        } else {
+            reactions.insert(reactor, emojis)
+        };
+        Some(old.unwrap_or_default())
+    }
+
+    /// One reactor's reactions on a message.
+    pub(super) fn reactions_of(&self, message_id: i64, reactor: i64) -> Vec<String> {
+        self.live(message_id)
+            .and_then(|m| m.reactions.get(&reactor).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Makes a message look `seconds` older, as time passing would.
+    pub(super) fn backdate(&mut self, message_id: i64, seconds: i64) -> Option<()> {
+        let stored = self.messages.get_mut(&message_id)?;
+        stored.message.date -= seconds;
+        Some(())
     }
 
     /// Stores a new message under the chat's next id. In a channel the post is signed by the
@@ -549,6 +665,8 @@ impl ChatState {
         let stored = StoredMessage {
             message: message.clone(),
             outgoing,
+            deleted: false,
+            reactions: BTreeMap::new(),
         };
         self.messages.insert(message.message_id, stored);
         message
@@ -557,7 +675,7 @@ impl ChatState {
     /// Whether `editor` may replace the text of a message. A channel post, signed by the
     /// channel, may be edited by any person.
     pub(super) fn check_text_edit(&self, message_id: i64, editor: Editor) -> Result<(), EditError> {
-        let stored = self.messages.get(&message_id).ok_or(EditError::NotFound)?;
+        let stored = self.live(message_id).ok_or(EditError::NotFound)?;
         let is_author = match editor {
             Editor::Bot => stored.outgoing,
             Editor::Person(user_id) => {
@@ -587,8 +705,7 @@ impl ChatState {
     ) -> Result<Message, EditError> {
         self.check_text_edit(message_id, editor)?;
         let message = &mut self
-            .messages
-            .get_mut(&message_id)
+            .live_mut(message_id)
             .ok_or(EditError::NotFound)?
             .message;
         match &mut message.content {
@@ -603,6 +720,6 @@ impl ChatState {
     }
 }
 
-fn unix_now() -> i64 {
+pub(super) fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
 }

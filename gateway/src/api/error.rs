@@ -75,6 +75,9 @@ impl From<StoreError> for Failure {
         match e {
             StoreError::NotFound(what) => Failure::not_found(format!("{what} not found")),
             StoreError::Invalid(message) => Failure::invalid(message),
+            StoreError::Forbidden(message) => {
+                Failure::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
+            }
             StoreError::Conflict(message) => {
                 Failure::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
             }

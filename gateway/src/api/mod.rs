@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod hooks;
 mod inbox;
+mod messages;
 mod ops;
 mod stream;
 
@@ -62,7 +63,20 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/conversations/{id}/read", post(inbox::mark_read))
         .route("/conversations/{id}/send/{txn_id}", put(inbox::send))
-        .route("/messages/{id}", get(inbox::get_message))
+        .route(
+            "/messages/{id}",
+            get(inbox::get_message)
+                .patch(messages::edit)
+                .delete(messages::delete),
+        )
+        .route(
+            "/messages/{id}/attachments/{index}",
+            get(messages::attachment),
+        )
+        .route(
+            "/messages/{id}/reactions/{emoji}",
+            put(messages::react).delete(messages::unreact),
+        )
         .route("/search", get(inbox::search))
         .route("/events", post(inbox::ingest_event))
         .route("/webchat/messages", post(inbox::webchat_message))

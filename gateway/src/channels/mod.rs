@@ -1,7 +1,9 @@
 //! Channel connectors. Each connection (web chat, one Telegram bot, …) is one
 //! [`Connector`]: it turns provider traffic into canonical events and delivers outbound
 //! messages. What only some providers can do is an optional capability ([`Webhook`],
-//! [`Typing`]) the connector hands out when it has it.
+//! [`Typing`], [`Edit`], [`Delete`], [`Reactions`], [`Media`]) the connector hands out when
+//! it has it. There is no backfill capability: no connector can read a chat's history yet
+//! (Telegram's Bot API offers none).
 
 pub mod telegram;
 pub mod webchat;
@@ -35,6 +37,16 @@ pub struct OutgoingPart<'a> {
     pub text: &'a str,
     /// Provider id of the message this part answers.
     pub reply_to: Option<&'a str>,
+}
+
+/// A message already at the provider, as a change to it names it.
+#[derive(Clone, Copy, Debug)]
+pub struct Target<'a> {
+    /// The conversation as the provider names it.
+    pub chat: &'a str,
+    pub kind: ConversationKind,
+    /// The provider's id of the message; `None` where the provider gives none (web chat).
+    pub message: Option<&'a str>,
 }
 
 #[derive(Debug, Error)]
@@ -99,6 +111,18 @@ pub trait Connector: Send + Sync + 'static {
     fn typing(&self) -> Option<&dyn Typing> {
         None
     }
+    fn edit(&self) -> Option<&dyn Edit> {
+        None
+    }
+    fn delete(&self) -> Option<&dyn Delete> {
+        None
+    }
+    fn reactions(&self) -> Option<&dyn Reactions> {
+        None
+    }
+    fn media(&self) -> Option<&dyn Media> {
+        None
+    }
 }
 
 /// Takes provider deliveries on `POST /hooks/{connection}`.
@@ -125,6 +149,57 @@ pub enum WebhookRejection {
 #[async_trait]
 pub trait Typing: Send + Sync {
     async fn typing(&self, chat: &str) -> Result<(), SendError>;
+}
+
+/// Changes the text of a message the gateway sent. Delivered through the outbox, so it must
+/// be safe to repeat: an edit the provider already has succeeds.
+#[async_trait]
+pub trait Edit: Send + Sync {
+    async fn edit(&self, target: &Target<'_>, text: &str) -> Result<(), SendError>;
+}
+
+/// Deletes a message for everyone. Safe to repeat: a message already gone succeeds.
+#[async_trait]
+pub trait Delete: Send + Sync {
+    async fn delete(&self, target: &Target<'_>) -> Result<(), SendError>;
+}
+
+/// Adds and takes back the gateway's own reactions. Safe to repeat.
+#[async_trait]
+pub trait Reactions: Send + Sync {
+    /// Most reactions of the gateway's own on one message, if the provider has a limit.
+    fn max_per_message(&self) -> Option<usize> {
+        None
+    }
+    async fn add(&self, target: &Target<'_>, emoji: &str) -> Result<(), SendError>;
+    async fn remove(&self, target: &Target<'_>, emoji: &str) -> Result<(), SendError>;
+}
+
+/// An attachment's bytes as they arrive from the provider.
+pub struct MediaStream {
+    /// The size the provider announced, if it did.
+    pub size: Option<u64>,
+    pub body: futures_util::stream::BoxStream<'static, Result<Bytes, MediaError>>,
+}
+
+#[derive(Debug, Error)]
+pub enum MediaError {
+    #[error("the provider no longer has this file")]
+    NotFound,
+    #[error("the file is larger than {limit} bytes, the most this channel lets the gateway fetch")]
+    TooLarge { limit: u64 },
+    /// The provider failed or could not be reached; the text never holds a credential.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Fetches an attachment's bytes by the provider's file id, streamed.
+#[async_trait]
+pub trait Media: Send + Sync {
+    /// Largest file the provider lets the gateway fetch, in bytes.
+    fn max_bytes(&self) -> u64;
+    /// Starts the download; a file over [`Media::max_bytes`] is refused, before or during it.
+    async fn fetch(&self, file_id: &str) -> Result<MediaStream, MediaError>;
 }
 
 /// Keeps a connection's health in the store (and so on `/status` and the stream), as a

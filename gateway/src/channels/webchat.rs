@@ -3,7 +3,8 @@
 //!
 //! Inbound: `POST /v1/webchat/messages` becomes a `message.received` whose provider id is
 //! the client's message id, so a retried post is stored once. Outbound: the stream is the
-//! transport, so a reply is delivered as soon as it is committed and published.
+//! transport, so a reply is delivered as soon as it is committed and published. Edits,
+//! deletions and reactions likewise take effect in the store alone: the stream carries them.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use moltbot_protocol::inbox::WebchatMessage;
 use moltbot_protocol::{Channel, Event, ProtocolError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Connector, Health, OutgoingPart, SendError};
+use super::{Connector, Delete, Edit, Health, OutgoingPart, Reactions, SendError, Target};
 use crate::store::Store;
 
 pub struct Webchat {
@@ -59,6 +60,44 @@ impl Connector for Webchat {
     /// The stream already carried the message when it was committed.
     async fn send(&self, _part: &OutgoingPart<'_>) -> Result<Option<String>, SendError> {
         Ok(None)
+    }
+
+    fn edit(&self) -> Option<&dyn Edit> {
+        Some(self)
+    }
+
+    fn delete(&self) -> Option<&dyn Delete> {
+        Some(self)
+    }
+
+    fn reactions(&self) -> Option<&dyn Reactions> {
+        Some(self)
+    }
+}
+
+/// The stream carried the new text when the edit was committed.
+#[async_trait]
+impl Edit for Webchat {
+    async fn edit(&self, _target: &Target<'_>, _text: &str) -> Result<(), SendError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Delete for Webchat {
+    async fn delete(&self, _target: &Target<'_>) -> Result<(), SendError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Reactions for Webchat {
+    async fn add(&self, _target: &Target<'_>, _emoji: &str) -> Result<(), SendError> {
+        Ok(())
+    }
+
+    async fn remove(&self, _target: &Target<'_>, _emoji: &str) -> Result<(), SendError> {
+        Ok(())
     }
 }
 

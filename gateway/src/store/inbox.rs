@@ -12,7 +12,7 @@ use rusqlite::{Row, params};
 use super::channels::{self, Receipt};
 use super::publish::Change;
 use super::write::Ctx;
-use super::{AuditEntry, IngestOutcome, StoreError, Written, agent, ms, parse_id};
+use super::{AuditEntry, IngestOutcome, StoreError, Written, agent, amend, ms, outbox, parse_id};
 
 #[derive(Debug)]
 pub(crate) enum InboxWrite {
@@ -179,8 +179,8 @@ pub(super) fn log_event(
     Ok(inserted == 1)
 }
 
-/// What a non-message event does to the inbox. Edits and deletions of messages the store
-/// never saw, and event types whose consumers come later, are kept in the log only.
+/// What a non-message event does to the inbox. Edits, deletions and reactions of messages
+/// the store never saw, and event types whose consumers come later, are kept in the log only.
 fn apply_effect(
     cx: &mut Ctx<'_>,
     event: &Event,
@@ -229,6 +229,31 @@ fn apply_effect(
                 cx.changed(Change::ConversationUpdated(conversation_id));
             }
             Ok(touched)
+        }
+        EventBody::ReactionAdded(reaction) | EventBody::ReactionRemoved(reaction) => {
+            let row = cx.query_optional(
+                "SELECT id, conversation_id FROM messages
+                 WHERE provider_message_id = ? AND conversation_id =
+                    (SELECT id FROM conversations WHERE connection = ? AND provider_id = ?)",
+                params![
+                    reaction.provider_message_id,
+                    connection,
+                    reaction.conversation
+                ],
+                id_pair,
+            )?;
+            if let Some((message_id, _)) = &row {
+                let present = matches!(event.body, EventBody::ReactionAdded(_));
+                amend::set_reaction(
+                    cx,
+                    message_id,
+                    &reaction.sender.provider_id,
+                    &reaction.emoji,
+                    present,
+                    ms(event.occurred_at),
+                )?;
+            }
+            touched_message(cx, row)
         }
         EventBody::ConversationCreated(conversation)
         | EventBody::ConversationUpdated(conversation) => {
@@ -468,14 +493,19 @@ pub(super) fn insert_outbound(
             cx.now,
         ],
     )?;
-    cx.execute(
-        "INSERT INTO outbox (message_id, conversation_id, connection, state, next_attempt_at, created_at, updated_at)
-         VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-        params![id_text, conversation_id, connection, cx.now, cx.now, cx.now],
+    outbox::queue(
+        cx,
+        outbox::NewRow {
+            id: message_id.0,
+            message_id,
+            conversation_id: new.conversation_id,
+            connection: &connection,
+            operation: &outbox::Operation::Send,
+            previous: None,
+        },
     )?;
     cx.changed(Change::MessageCreated(message_id));
     cx.changed(Change::ConversationUpdated(new.conversation_id));
-    cx.wake.outbox = true;
     Ok((message_id, false))
 }
 

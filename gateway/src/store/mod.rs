@@ -5,6 +5,7 @@
 //! pool of read-only connections, which WAL lets run beside the writer.
 
 mod agent;
+mod amend;
 mod channels;
 mod checkpoint;
 mod inbox;
@@ -44,8 +45,8 @@ pub use agent::{
 };
 pub use channels::{PairingAsk, PairingTicket, Receipt};
 pub use inbox::OutboundMessage;
-pub use outbox::OutboxItem;
 pub(crate) use outbox::OutboxWrite;
+pub use outbox::{Operation, OutboxItem};
 pub use read::ConversationFilter;
 
 const DB_FILE: &str = "gateway.db";
@@ -69,6 +70,9 @@ pub enum StoreError {
     NotFound(&'static str),
     #[error("{0}")]
     Invalid(String),
+    /// The request may not act on this (someone else's message).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request is fine but the thing it acts on is not in a state that allows it.
     #[error("{0}")]
     Conflict(String),
@@ -103,6 +107,7 @@ pub(crate) enum Write {
     Outbox(outbox::OutboxWrite),
     Agent(agent::AgentWrite),
     Channel(channels::ChannelWrite),
+    Amend(amend::Amend),
 }
 
 impl Write {
@@ -133,6 +138,10 @@ pub(crate) enum Written {
     },
     Pairing(PairingTicket),
     Fact(moltbot_protocol::ids::FactId),
+    /// Whether a change to a message changed anything.
+    Amended {
+        changed: bool,
+    },
     Done,
 }
 

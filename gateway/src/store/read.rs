@@ -5,7 +5,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use moltbot_protocol::event::Attachment;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::inbox::{
-    ConversationView, DeliveryStatus, Direction, MessageView, Page, SearchHit, SenderView,
+    ConversationView, DeliveryStatus, Direction, MessageView, Page, ReactionView, SearchHit,
+    SenderView,
 };
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
 
@@ -16,7 +17,10 @@ const MESSAGE_COLUMNS: &str = "SELECT m.seq, m.id, m.conversation_id, m.directio
         m.reply_to, m.txn_id, m.sent_at, m.received_at, m.edited_at, m.deleted_at,
         (SELECT json_group_array(json_object('kind', a.kind, 'mime_type', a.mime_type, 'size_bytes', a.size_bytes,
                  'file_name', a.file_name, 'provider_file_id', a.provider_file_id) ORDER BY a.position)
-           FROM attachments a WHERE a.message_id = m.id) AS attachments";
+           FROM attachments a WHERE a.message_id = m.id) AS attachments,
+        (SELECT json_group_array(json_object('emoji', emoji, 'count', n, 'mine', json(CASE WHEN mine THEN 'true' ELSE 'false' END)))
+           FROM (SELECT emoji, count(*) AS n, max(actor = '') AS mine, min(at) AS first
+                 FROM reactions r WHERE r.message_id = m.id AND r.present GROUP BY emoji ORDER BY first, emoji)) AS reactions";
 
 const CONVERSATION_COLUMNS: &str = "SELECT id, channel, connection, provider_id, kind, title, pinned, unread_count,
         last_message_at, last_message_preview, last_activity_at, created_at, updated_at, agent_mode FROM conversations";
@@ -40,6 +44,7 @@ struct MessageRow {
     edited_at: Option<i64>,
     deleted_at: Option<i64>,
     attachments: String,
+    reactions: String,
 }
 
 impl MessageRow {
@@ -54,6 +59,8 @@ impl MessageRow {
         };
         let attachments: Vec<Attachment> = serde_json::from_str(&self.attachments)
             .map_err(|e| StoreError::Corrupt(format!("attachments of {}: {e}", self.id)))?;
+        let reactions: Vec<ReactionView> = serde_json::from_str(&self.reactions)
+            .map_err(|e| StoreError::Corrupt(format!("reactions of {}: {e}", self.id)))?;
         Ok(MessageView {
             id: parse_id(&self.id)?,
             conversation_id: parse_id(&self.conversation_id)?,
@@ -77,6 +84,7 @@ impl MessageRow {
             received_at: from_ms(self.received_at)?,
             edited_at: self.edited_at.map(from_ms).transpose()?,
             deleted: self.deleted_at.is_some(),
+            reactions,
         })
     }
 }

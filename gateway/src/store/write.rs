@@ -16,7 +16,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use ulid::Generator;
 
 use super::publish::{Change, Changes};
-use super::{IngestOutcome, Job, StoreError, Write, Written, agent, channels, inbox, ms, outbox};
+use super::{
+    IngestOutcome, Job, StoreError, Write, Written, agent, amend, channels, inbox, ms, outbox,
+};
 use crate::bus::Bus;
 use crate::metrics::Metrics;
 
@@ -85,6 +87,9 @@ impl Writer {
         match committed {
             Ok(group) => {
                 let _ = self.wal_grew.try_send(());
+                // Decided before anyone is answered: a client that subscribes after its write
+                // was answered must not be sent that write as news.
+                let publish = !group.changes.is_empty() && self.bus.has_subscribers();
                 for (job, result) in batch.drain(..).zip(group.results) {
                     let _ = job.reply.send(result);
                 }
@@ -96,7 +101,7 @@ impl Writer {
                 }
                 // Views are built only for someone who listens; a slow publisher holds the
                 // writer back rather than dropping frames a stream has been promised.
-                if !group.changes.is_empty() && self.bus.has_subscribers() {
+                if publish {
                     let _ = self.published.blocking_send(group.changes);
                 }
             }
@@ -315,5 +320,6 @@ fn apply(cx: &mut Ctx<'_>, write: &Write) -> Result<Written, StoreError> {
         Write::Outbox(w) => outbox::apply(cx, w),
         Write::Agent(w) => agent::apply(cx, w),
         Write::Channel(w) => channels::apply(cx, w),
+        Write::Amend(w) => amend::apply(cx, w),
     }
 }

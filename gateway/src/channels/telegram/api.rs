@@ -13,7 +13,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde_json::Value;
 use thiserror::Error;
 
-use super::types::{Message, Response, ResponseParameters, User};
+use super::types::{File, Message, Response, ResponseParameters, User};
 use crate::config::Secret;
 
 /// The Bot API of one bot. Cheap to share by reference; reqwest pools the connections.
@@ -143,6 +143,30 @@ struct EditMessageText<'a> {
     chat_id: i64,
     message_id: i64,
     text: &'a str,
+}
+
+#[derive(Serialize)]
+struct GetFile<'a> {
+    file_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct DeleteMessage {
+    chat_id: i64,
+    message_id: i64,
+}
+
+#[derive(Serialize)]
+struct SetMessageReaction<'a> {
+    chat_id: i64,
+    message_id: i64,
+    reaction: Vec<ReactionType<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename = "emoji")]
+struct ReactionType<'a> {
+    emoji: &'a str,
 }
 
 #[derive(Serialize)]
@@ -280,6 +304,38 @@ impl BotApi {
         self.call("editMessageText", &params, None).await
     }
 
+    /// Deletes a message for everyone.
+    pub(crate) async fn delete_message(
+        &self,
+        chat_id: i64,
+        message_id: i64,
+    ) -> Result<(), ApiError> {
+        let params = DeleteMessage {
+            chat_id,
+            message_id,
+        };
+        self.call::<IgnoredAny>("deleteMessage", &params, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces the bot's reactions on a message with `emojis` (none takes them back).
+    pub(crate) async fn set_message_reaction(
+        &self,
+        chat_id: i64,
+        message_id: i64,
+        emojis: &[&str],
+    ) -> Result<(), ApiError> {
+        let params = SetMessageReaction {
+            chat_id,
+            message_id,
+            reaction: emojis.iter().map(|&emoji| ReactionType { emoji }).collect(),
+        };
+        self.call::<IgnoredAny>("setMessageReaction", &params, None)
+            .await?;
+        Ok(())
+    }
+
     /// Shows `action` ("typing", ...) in the chat for a few seconds.
     pub(crate) async fn send_chat_action(
         &self,
@@ -290,6 +346,51 @@ impl BotApi {
         self.call::<IgnoredAny>("sendChatAction", &params, None)
             .await?;
         Ok(())
+    }
+
+    /// Prepares a file for download: its size and path.
+    pub(crate) async fn get_file(&self, file_id: &str) -> Result<File, ApiError> {
+        self.call("getFile", &GetFile { file_id }, None).await
+    }
+
+    /// Starts downloading the file at `file_path` (from [`BotApi::get_file`]); the caller
+    /// judges the status and reads the body, within `timeout` for the whole download. The
+    /// URL holds the token, so, as with calls, it is never shown.
+    pub(crate) async fn download(
+        &self,
+        file_path: &str,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        // The path becomes part of the URL: anything but Telegram's plain shape
+        // (`documents/file_3.pdf`) could point it elsewhere.
+        let plain = file_path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != ".."
+                && segment
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        });
+        if !plain {
+            return Err(ApiError::InvalidResponse(
+                "getFile answered a file path of an unexpected shape".to_string(),
+            ));
+        }
+        let url = format!(
+            "{}/file/bot{}/{file_path}",
+            self.api_base,
+            self.token.expose()
+        );
+        self.client
+            .get(url)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| ApiError::NotSent(describe(e, &self.token)))
+    }
+
+    /// Masks the token in a transport error met while reading a download.
+    pub(crate) fn describe(&self, e: reqwest::Error) -> String {
+        describe(e, &self.token)
     }
 
     /// Performs one call and classifies its answer; `timeout` replaces the client's.
@@ -782,6 +883,52 @@ mod tests {
                 "{err:?}"
             );
             assert!(!err.is_retryable());
+        }
+
+        #[tokio::test]
+        async fn files_download_and_no_error_shows_the_token() {
+            let (fake, api) = fake().await;
+            let message = fake.user_sends_document(
+                TOKEN,
+                &ChatSpec::private(ANN),
+                &UserSpec::new(ANN, "Ann"),
+                "notes.txt",
+                "text/plain",
+                b"dear diary".to_vec(),
+            );
+            let file_id = message["document"]["file_id"].as_str().unwrap();
+            let file = api.get_file(file_id).await.expect("getFile");
+            assert_eq!(file.file_size, Some(10));
+            let path = file.file_path.expect("a path");
+            let download = api.download(&path, TIMEOUT).await.expect("download");
+            assert_eq!(download.status(), 200);
+            assert_eq!(download.bytes().await.unwrap(), "dear diary");
+
+            let missing = api.download("documents/missing.txt", TIMEOUT).await;
+            assert_eq!(missing.expect("an answer").status(), 404);
+            for odd in ["../getMe", "documents/../x", "a?b", "a//b", ""] {
+                let err = api.download(odd, TIMEOUT).await.expect_err(odd);
+                assert!(
+                    matches!(err, ApiError::InvalidResponse(_)),
+                    "{odd}: {err:?}"
+                );
+            }
+            let err = api.get_file("nope").await.expect_err("unknown file");
+            assert!(matches!(&err, ApiError::BadRequest(d) if d.contains("invalid file_id")));
+
+            // A download cut off by the timeout: its error must not quote the URL.
+            let port = {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+                listener.local_addr().expect("local addr").port()
+            };
+            let closed = BotApi::new(&format!("http://127.0.0.1:{port}"), secret(TOKEN), TIMEOUT)
+                .expect("client");
+            let err = closed
+                .download(&path, TIMEOUT)
+                .await
+                .expect_err("nothing listens");
+            assert_no_token(&err);
+            assert!(!err.to_string().contains("/file/bot"), "{err}");
         }
 
         #[tokio::test]

@@ -1,4 +1,6 @@
-//! Telegram through the Bot API: long polling or a webhook in, `sendMessage` out.
+//! Telegram through the Bot API: long polling or a webhook in, `sendMessage` out; edits,
+//! deletions and the bot's reactions through `editMessageText`, `deleteMessage` and
+//! `setMessageReaction`.
 //!
 //! Inbound, every update is recorded under its exact `(bot, update_id)` receipt together
 //! with what it produced, so a redelivery is a no-op; the polling offset moves past an
@@ -12,6 +14,7 @@
 //! only when that message is ours and identical — proof of delivery that changes nothing.
 
 mod api;
+mod media;
 mod normalize;
 mod types;
 
@@ -34,7 +37,8 @@ use tokio_util::sync::CancellationToken;
 use self::api::{ApiError, BotApi, RawUpdate};
 use self::normalize::{BotIdentity, Normalized, Sender, normalize, sender_of};
 use super::{
-    Connector, Health, OutgoingPart, Reconciled, SendError, Typing, Webhook, WebhookRejection,
+    Connector, Delete, Edit, Health, Media, OutgoingPart, Reactions, Reconciled, SendError, Target,
+    Typing, Webhook, WebhookRejection,
 };
 use crate::config::{DmPolicy, GroupPolicy, TelegramConfig, TelegramMode};
 use crate::metrics::Metrics;
@@ -43,7 +47,7 @@ use crate::store::{PairingAsk, PairingTicket, Receipt, Store, StoreError};
 /// Telegram's limit on one message's text, in UTF-16 code units.
 const MAX_TEXT: usize = 4096;
 /// The update kinds the connector reads; others are never sent to it.
-const ALLOWED_UPDATES: &[&str] = &["message", "edited_message"];
+const ALLOWED_UPDATES: &[&str] = &["message", "edited_message", "message_reaction"];
 /// Ids after the last known one that a reconciliation probes.
 const PROBE_WINDOW: i64 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -53,7 +57,8 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 pub struct Telegram {
     name: String,
     config: TelegramConfig,
-    api: BotApi,
+    /// Shared with the downloads in flight, which mask the token in their errors.
+    api: Arc<BotApi>,
     store: Store,
     metrics: Arc<Metrics>,
     health: Health,
@@ -159,7 +164,7 @@ impl Telegram {
         Ok(Self {
             name: config.name.clone(),
             config: config.clone(),
-            api,
+            api: Arc::new(api),
             health: Health::new(store.clone(), source),
             store,
             metrics,
@@ -321,8 +326,9 @@ impl Telegram {
             id: 0,
             username: String::new(),
         });
-        let event = match normalize(&update.raw, &self.name, &bot) {
-            Ok(Normalized::Event(event)) => event,
+        let mut events = match normalize(&update.raw, &self.name, &bot) {
+            Ok(Normalized::Event(event)) => vec![event],
+            Ok(Normalized::Reactions(events)) => events,
             Ok(Normalized::Skip(reason)) => {
                 tracing::debug!(connection = %self.name, update_id = update.update_id, reason, "update skipped");
                 return self.skip(receipt, "skipped").await;
@@ -342,8 +348,16 @@ impl Telegram {
                 Admission::Pair => return self.skip(receipt, "pairing").await,
             }
         }
-        self.remember_id(&event);
-        let outcome = self.store.deliver(event, receipt).await?;
+        // One update may hold several events; the receipt goes with the last, so a crash in
+        // between brings the update again and the ones stored already are duplicates.
+        let Some(last) = events.pop() else {
+            return self.skip(receipt, "skipped").await;
+        };
+        for event in events {
+            self.store.ingest(event).await?;
+        }
+        self.remember_id(&last);
+        let outcome = self.store.deliver(last, receipt).await?;
         let outcome = if outcome.duplicate {
             "duplicate"
         } else {
@@ -541,6 +555,22 @@ impl Connector for Telegram {
     fn typing(&self) -> Option<&dyn Typing> {
         Some(self)
     }
+
+    fn edit(&self) -> Option<&dyn Edit> {
+        Some(self)
+    }
+
+    fn delete(&self) -> Option<&dyn Delete> {
+        Some(self)
+    }
+
+    fn reactions(&self) -> Option<&dyn Reactions> {
+        Some(self)
+    }
+
+    fn media(&self) -> Option<&dyn Media> {
+        Some(self)
+    }
 }
 
 impl Telegram {
@@ -617,6 +647,73 @@ impl Typing for Telegram {
             Ok(()) => Ok(()),
             Err(e) => Err(self.send_error(e).await),
         }
+    }
+}
+
+#[async_trait]
+impl Edit for Telegram {
+    async fn edit(&self, target: &Target<'_>, text: &str) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.edit_message_text(chat, message, text).await {
+            // Already this text: an earlier attempt arrived.
+            Err(ApiError::BadRequest(d)) if d.contains("message is not modified") => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+}
+
+#[async_trait]
+impl Delete for Telegram {
+    async fn delete(&self, target: &Target<'_>) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.delete_message(chat, message).await {
+            // Already gone: an earlier attempt arrived, or someone deleted it in the app.
+            Err(ApiError::BadRequest(d)) if d.contains("message to delete not found") => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+}
+
+/// A bot without Telegram Premium may set one reaction per message, and each call sets the
+/// whole list: adding replaces, removing clears.
+#[async_trait]
+impl Reactions for Telegram {
+    fn max_per_message(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    async fn add(&self, target: &Target<'_>, emoji: &str) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.set_message_reaction(chat, message, &[emoji]).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+
+    async fn remove(&self, target: &Target<'_>, _emoji: &str) -> Result<(), SendError> {
+        let (chat, message) = self.ready(target).await?;
+        match self.api.set_message_reaction(chat, message, &[]).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.send_error(e).await),
+        }
+    }
+}
+
+impl Telegram {
+    /// The chat and message ids of a change's target, once the rate limits allow a call:
+    /// Telegram's flood control counts every call that changes a chat.
+    async fn ready(&self, target: &Target<'_>) -> Result<(i64, i64), SendError> {
+        let chat = chat_id(target.chat)?;
+        let message = target
+            .message
+            .and_then(|id| id.parse::<i64>().ok())
+            .ok_or_else(|| SendError::Permanent {
+                reason: "the message has no Telegram message id".into(),
+            })?;
+        self.limits.until_ready(chat, target.kind).await;
+        Ok((chat, message))
     }
 }
 

@@ -1,20 +1,23 @@
 //! Telegram updates to canonical events.
 //!
-//! `message` becomes `message.received` and `edited_message` becomes `message.edited`;
+//! `message` becomes `message.received`, `edited_message` becomes `message.edited` and
+//! `message_reaction` one `reaction.added` or `reaction.removed` per emoji that changed;
 //! every other kind of update is skipped with a reason. An update is read from raw JSON
 //! so that one malformed update fails alone (see [`super::api::RawUpdate`]).
 
 use jiff::Timestamp;
 use moltbot_protocol::event::{
     Attachment, AttachmentKind, ConversationKind, ConversationRef, MessageEdited, MessageReceived,
-    Participant, check_id,
+    Participant, Reaction, check_id,
 };
 use moltbot_protocol::{Channel, Event, EventBody, ProtocolError, Source};
 use serde::Deserialize;
 use serde_json::Value;
 use thiserror::Error;
 
-use super::types::{ChatType, Message, MessageEntity, Update, User};
+use super::types::{
+    ChatType, Message, MessageEntity, MessageReactionUpdated, ReactionType, Update, User,
+};
 
 /// The bot's own account (from `getMe`): what a mention of the connection looks like.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub(crate) struct BotIdentity {
 #[derive(Debug)]
 pub(crate) enum Normalized {
     Event(Event),
+    /// A change of someone's reactions: what was taken back, then what was added.
+    Reactions(Vec<Event>),
     /// A kind of update the connector deliberately ignores, with a short reason.
     Skip(&'static str),
 }
@@ -83,6 +88,8 @@ pub(crate) fn normalize(
     } else if let Some(message) = update.edited_message {
         let edited = edited(message)?;
         (edited.edited_at, EventBody::MessageEdited(edited))
+    } else if let Some(change) = update.message_reaction {
+        return reactions(change, source);
     } else if update.channel_post.is_some() {
         return Ok(Normalized::Skip("channel post"));
     } else if update.edited_channel_post.is_some() {
@@ -93,6 +100,60 @@ pub(crate) fn normalize(
     let event = Event::new(source, occurred_at, body);
     event.validate()?;
     Ok(Normalized::Event(event))
+}
+
+fn reactions(change: MessageReactionUpdated, source: Source) -> Result<Normalized, NormalizeError> {
+    let occurred_at = unix_time("date", change.date)?;
+    let sender = match (&change.actor_chat, &change.user) {
+        (Some(chat), _) => Participant {
+            provider_id: chat.id.to_string(),
+            display_name: chat.title.clone(),
+            handle: chat.username.clone(),
+        },
+        (None, Some(user)) => Participant {
+            provider_id: user.id.to_string(),
+            display_name: Some(display_name(user)),
+            handle: user.username.clone(),
+        },
+        (None, None) => {
+            return Err(NormalizeError::NoSender {
+                message_id: change.message_id,
+            });
+        }
+    };
+    // Custom emoji and paid reactions have no emoji to show; they are left out.
+    let emojis = |list: &[ReactionType]| -> Vec<String> {
+        list.iter()
+            .filter(|r| r.kind == "emoji")
+            .filter_map(|r| r.emoji.clone())
+            .collect()
+    };
+    let (old, new) = (emojis(&change.old_reaction), emojis(&change.new_reaction));
+    let reaction = |emoji: &String| Reaction {
+        conversation: change.chat.id.to_string(),
+        provider_message_id: change.message_id.to_string(),
+        sender: sender.clone(),
+        emoji: emoji.clone(),
+    };
+    let removed = old
+        .iter()
+        .filter(|e| !new.contains(e))
+        .map(|e| EventBody::ReactionRemoved(reaction(e)));
+    let added = new
+        .iter()
+        .filter(|e| !old.contains(e))
+        .map(|e| EventBody::ReactionAdded(reaction(e)));
+    let events = removed
+        .chain(added)
+        .map(|body| {
+            let event = Event::new(source.clone(), occurred_at, body);
+            event.validate().map(|()| event)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if events.is_empty() {
+        return Ok(Normalized::Skip("reaction change without a standard emoji"));
+    }
+    Ok(Normalized::Reactions(events))
 }
 
 /// Who sent a `message` or `edited_message`, as its event names the sender: the chat for a
@@ -232,10 +293,11 @@ fn attachments(message: &Message) -> Result<Vec<Attachment>, NormalizeError> {
             .max_by_key(|p| (u64::from(p.width) * u64::from(p.height), p.file_size))
     });
     if let Some(p) = largest_photo {
+        // Telegram re-encodes every photo as JPEG.
         found.push(attachment(
             AttachmentKind::Image,
             &p.file_id,
-            None,
+            Some("image/jpeg"),
             p.file_size,
             None,
         ));
@@ -361,6 +423,7 @@ fn entity_text(utf16: &[u16], entity: &MessageEntity) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use moltbot_protocol::EventType;
     use serde_json::json;
 
     use super::*;
@@ -542,7 +605,7 @@ mod tests {
             m.attachments,
             vec![Attachment {
                 kind: AttachmentKind::Image,
-                mime_type: None,
+                mime_type: Some("image/jpeg".into()),
                 size_bytes: Some(90_000),
                 file_name: None,
                 provider_file_id: Some("large".into()),
@@ -650,6 +713,91 @@ mod tests {
             without_edit_date.edited_at,
             Timestamp::from_second(1_700_000_000).expect("valid time")
         );
+    }
+
+    fn reaction_update(old: Value, new: Value, who: Value) -> Value {
+        let mut change = json!({"chat": group(), "message_id": 9, "date": 1_700_000_100,
+                                "old_reaction": old, "new_reaction": new});
+        if let (Some(c), Value::Object(who)) = (change.as_object_mut(), who) {
+            c.extend(who);
+        }
+        json!({"update_id": 8, "message_reaction": change})
+    }
+
+    fn emoji(e: &str) -> Value {
+        json!({"type": "emoji", "emoji": e})
+    }
+
+    #[test]
+    fn a_reaction_change_is_what_was_taken_back_then_what_was_added() {
+        let update = reaction_update(
+            json!([emoji("👍"), emoji("🔥")]),
+            json!([emoji("🔥"), emoji("🎉"), {"type": "custom_emoji", "custom_emoji_id": "5"}]),
+            json!({"user": ann()}),
+        );
+        let events = match normalize(&update, "tg-main", &bot()) {
+            Ok(Normalized::Reactions(events)) => events,
+            other => panic!("expected reactions, got {other:?}"),
+        };
+        let summary: Vec<(EventType, String)> = events
+            .iter()
+            .map(|e| match &e.body {
+                EventBody::ReactionAdded(r) | EventBody::ReactionRemoved(r) => {
+                    assert_eq!(
+                        (r.conversation.as_str(), r.provider_message_id.as_str()),
+                        ("-1001", "9")
+                    );
+                    assert_eq!(r.sender.provider_id, "42");
+                    assert_eq!(r.sender.display_name.as_deref(), Some("Ann Lee"));
+                    (e.event_type(), r.emoji.clone())
+                }
+                other => panic!("expected a reaction, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (EventType::ReactionRemoved, "👍".to_string()),
+                (EventType::ReactionAdded, "🎉".to_string()),
+            ]
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.occurred_at.as_second() == 1_700_000_100)
+        );
+
+        // An anonymous admin reacts as the chat.
+        let anonymous = reaction_update(
+            json!([]),
+            json!([emoji("👍")]),
+            json!({"actor_chat": group()}),
+        );
+        match normalize(&anonymous, "tg-main", &bot()) {
+            Ok(Normalized::Reactions(events)) => match &events[..] {
+                [
+                    Event {
+                        body: EventBody::ReactionAdded(r),
+                        ..
+                    },
+                ] => {
+                    assert_eq!(r.sender.provider_id, "-1001")
+                }
+                other => panic!("one reaction.added expected, got {other:?}"),
+            },
+            other => panic!("expected reactions, got {other:?}"),
+        }
+        let paid_only =
+            reaction_update(json!([]), json!([{"type": "paid"}]), json!({"user": ann()}));
+        assert_eq!(
+            skip_reason(paid_only),
+            "reaction change without a standard emoji"
+        );
+        let nobody = reaction_update(json!([]), json!([emoji("👍")]), json!({}));
+        assert!(matches!(
+            normalize(&nobody, "tg-main", &bot()),
+            Err(NormalizeError::NoSender { message_id: 9 })
+        ));
     }
 
     #[test]

@@ -17,6 +17,29 @@ pub(crate) struct Update {
     /// Channel posts are skipped, so their content is not parsed (and cannot fail).
     pub channel_post: Option<IgnoredAny>,
     pub edited_channel_post: Option<IgnoredAny>,
+    pub message_reaction: Option<MessageReactionUpdated>,
+}
+
+/// A person changed their reactions on a message (sent only to bots that ask for it).
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct MessageReactionUpdated {
+    pub chat: Chat,
+    pub message_id: i64,
+    /// Absent for an anonymous reaction, which names `actor_chat` instead.
+    pub user: Option<User>,
+    pub actor_chat: Option<Chat>,
+    /// Unix seconds.
+    pub date: i64,
+    pub old_reaction: Vec<ReactionType>,
+    pub new_reaction: Vec<ReactionType>,
+}
+
+/// One reaction: `emoji` for the standard ones; custom emoji and paid stars carry none.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub(crate) struct ReactionType {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub emoji: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -147,6 +170,14 @@ impl Sticker {
             "image/webp"
         }
     }
+}
+
+/// A file ready to download (`getFile`), for at least an hour.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct File {
+    pub file_size: Option<u64>,
+    /// Relative to `{api_base}/file/bot{token}/`; absent when the file cannot be downloaded.
+    pub file_path: Option<String>,
 }
 
 /// The envelope of every Bot API answer, successful or not.
