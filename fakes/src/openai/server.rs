@@ -43,7 +43,9 @@ pub(super) struct Shared {
     chunk_delay: Duration,
     delay: Mutex<Duration>,
     replies: Mutex<VecDeque<Reply>>,
-    requests: Mutex<Vec<Value>>,
+    /// Bodies as received, parsed only when asked for: keeping a parsed copy of every
+    /// request cost the benches more than answering them.
+    requests: Mutex<Vec<Bytes>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
 }
@@ -86,7 +88,15 @@ impl Shared {
     }
 
     pub fn requests(&self) -> Vec<Value> {
-        lock(&self.requests).clone()
+        let bodies = lock(&self.requests).clone();
+        bodies
+            .iter()
+            .map(|body| {
+                serde_json::from_slice(body).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(body).into_owned())
+                })
+            })
+            .collect()
     }
 
     pub fn request_count(&self) -> usize {
@@ -164,24 +174,20 @@ async fn chat_completions(
             return error_response(rejection.status(), None, &rejection.body_text());
         }
     };
-    let parsed = serde_json::from_slice::<Value>(&body);
-    lock(&shared.requests).push(match &parsed {
-        Ok(value) => value.clone(),
-        Err(_) => Value::String(String::from_utf8_lossy(&body).into_owned()),
-    });
+    lock(&shared.requests).push(body.clone());
 
     if let Some(response) = shared.unauthorized(&headers) {
         return response;
     }
-    let request = match parsed.map(serde_json::from_value::<ChatRequest>) {
-        Err(_) => {
+    let request = match serde_json::from_slice::<ChatRequest>(&body) {
+        Err(error) if error.is_syntax() || error.is_eof() => {
             return invalid_request(
                 "We could not parse the JSON body of your request. The OpenAI API expects a \
                  JSON payload, but what was sent was not valid JSON.",
             );
         }
-        Ok(Err(error)) => return invalid_request(&format!("Invalid request body: {error}")),
-        Ok(Ok(request)) => request,
+        Err(error) => return invalid_request(&format!("Invalid request body: {error}")),
+        Ok(request) => request,
     };
     if request.messages.is_empty() {
         return invalid_request(
