@@ -273,7 +273,6 @@ impl ModelClient {
         if request.messages.is_empty() {
             return Err(ModelError::Rejected("the request has no messages".into()));
         }
-        let prompt_estimate = estimate_prompt(request);
         let mut usage = Usage::default();
         let mut retries = 0;
         loop {
@@ -285,7 +284,7 @@ impl ModelClient {
                 Ok(result) => result.and_then(|()| progress.answer()),
                 Err(_elapsed) => Err(ModelError::Timeout),
             };
-            usage += progress.spent(prompt_estimate);
+            usage += progress.spent(request);
             match result {
                 Ok(answer) => {
                     return Ok(Turn {
@@ -469,7 +468,7 @@ struct Answer {
 
 impl Progress {
     /// Tokens this attempt spent: the server's count, else an estimate once it streamed.
-    fn spent(&self, prompt_estimate: u64) -> Usage {
+    fn spent(&self, request: &ChatRequest) -> Usage {
         if let Some(usage) = self.usage {
             return usage;
         }
@@ -481,7 +480,7 @@ impl Progress {
                 + u64::from(estimate_tokens(&call.arguments))
         });
         Usage {
-            prompt_tokens: prompt_estimate,
+            prompt_tokens: estimate_prompt(request),
             completion_tokens: u64::from(estimate_tokens(&self.text)) + calls,
         }
     }

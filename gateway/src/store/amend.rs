@@ -36,6 +36,7 @@ struct Found {
 }
 
 pub(super) fn apply(cx: &mut Ctx<'_>, amend: &Amend) -> Result<Written, StoreError> {
+    cx.index_before_changing_text()?;
     let id = amend.message_id.to_string();
     let found = cx
         .query_optional(
@@ -227,6 +228,7 @@ pub(super) fn undo(
     operation: &Operation,
     previous: Option<String>,
 ) -> Result<(), StoreError> {
+    cx.index_before_changing_text()?;
     let id = message_id.to_string();
     match operation {
         Operation::Send => {
@@ -255,6 +257,7 @@ pub(super) fn confirmed(
     operation: &Operation,
 ) -> Result<(), StoreError> {
     if *operation == Operation::Delete {
+        cx.index_before_changing_text()?;
         cx.execute(
             "UPDATE messages SET text = NULL WHERE id = ? AND deleted_at IS NOT NULL",
             [message_id.to_string()],

@@ -187,6 +187,12 @@ fn apply_effect(
 ) -> Result<(Option<MessageId>, Option<ConversationId>), StoreError> {
     let connection = &event.source.connection;
     let id_pair = |r: &Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+    if matches!(
+        event.body,
+        EventBody::MessageEdited(_) | EventBody::MessageDeleted(_)
+    ) {
+        cx.index_before_changing_text()?;
+    }
     match &event.body {
         EventBody::MessageEdited(edit) => {
             let row = cx.query_optional(

@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use moltbot_protocol::event::EventBody;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::{Event, EventId};
 use rusqlite::config::DbConfig;
@@ -108,20 +107,6 @@ pub(crate) enum Write {
     Agent(agent::AgentWrite),
     Channel(channels::ChannelWrite),
     Amend(amend::Amend),
-}
-
-impl Write {
-    /// True for writes that only add new messages (never change stored ones), which the
-    /// writer may index for search together after them.
-    fn only_adds_messages(&self) -> bool {
-        match self {
-            Write::Inbox(inbox::InboxWrite::Ingest { event, .. }) => {
-                matches!(event.body, EventBody::MessageReceived(_))
-            }
-            Write::Inbox(inbox::InboxWrite::Send(_)) => true,
-            _ => false,
-        }
-    }
 }
 
 /// What the writer answers for one [`Write`].
@@ -448,26 +433,81 @@ pub async fn close(reads: SqlitePool, data_dir: &Path) -> Result<(), StoreError>
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn read_connections_keep_their_query_plans() {
-        let dir = tempfile::tempdir().unwrap();
+    use serde_json::json;
+
+    async fn open(dir: &Path) -> (Store, WriterHandle) {
         let policy = watch::channel(RunPolicy {
             enabled: false,
             default_mode: moltbot_protocol::inbox::AgentMode::Off,
             require_mention_in_groups: true,
         });
-        let (store, writer) = Store::open(
-            dir.path(),
+        Store::open(
+            dir,
             &StoreConfig::default(),
             Bus::new(16),
             Arc::new(Metrics::new()),
             policy.1,
         )
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn read_connections_keep_their_query_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
         let mut conn = store.reads().acquire().await.unwrap();
         assert_eq!(query_plan_stability(&mut conn, -1).await.unwrap(), 1);
         drop(conn);
         writer.finish().await;
+    }
+
+    /// Messages are indexed for search just before their group commits, but an edit's
+    /// index trigger removes the old text from the index, so an edit committed in the same
+    /// group as the message it edits must have that message indexed first.
+    #[tokio::test]
+    async fn an_edit_in_the_group_of_its_message_keeps_the_search_index_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let event = |kind: &str, data: serde_json::Value| -> Event {
+            serde_json::from_value(json!({
+                "schema_version": 1, "id": ulid::Ulid::new().to_string(),
+                "occurred_at": "2026-11-21T10:00:00Z",
+                "source": {"channel": "webchat", "connection": "webchat"},
+                "type": kind, "data": data,
+            }))
+            .unwrap()
+        };
+        let pairs = (0..64).map(|n| {
+            let received = event(
+                "message.received",
+                json!({"conversation": {"provider_id": "chat"}, "provider_message_id": n.to_string(),
+                       "sender": {"provider_id": "ann"}, "text": "dinner at eight",
+                       "sent_at": "2026-11-21T10:00:00Z"}),
+            );
+            let edited = event(
+                "message.edited",
+                json!({"conversation": "chat", "provider_message_id": n.to_string(),
+                       "text": "dinner at nine", "edited_at": "2026-11-21T10:01:00Z"}),
+            );
+            // Queued one after the other, so most pairs share a group.
+            let store = store.clone();
+            async move {
+                let (message, edit) = tokio::join!(store.ingest(received), store.ingest(edited));
+                assert!(message.unwrap().message_id.is_some());
+                assert!(edit.unwrap().message_id.is_some(), "the edit found its message");
+            }
+        });
+        futures_util::future::join_all(pairs).await;
+        assert!(store.search("eight", None, None, 100).await.unwrap().items.is_empty());
+        assert_eq!(store.search("nine", None, None, 100).await.unwrap().items.len(), 64);
+        writer.finish().await;
+
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute(
+            "INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')",
+            [],
+        )
+        .expect("the search index matches the messages");
     }
 }

@@ -42,7 +42,7 @@ pub(super) struct Writer {
     pub(super) policy: watch::Receiver<agent::RunPolicy>,
     pub(super) max_batch: usize,
     pub(super) ids: Generator,
-    /// Every message with `seq` up to this is in the full-text index.
+    /// Every committed message with `seq` up to this is in the full-text index.
     pub(super) indexed_up_to: i64,
 }
 
@@ -129,26 +129,26 @@ impl Writer {
         let mut indexed_up_to = self.indexed_up_to;
         let now = ms(Timestamp::now());
         for job in batch {
-            if !job.write.only_adds_messages() {
-                indexed_up_to = index_new_messages(&tx, indexed_up_to)?;
-            }
             let result;
             let (changes, wake) = match isolation {
                 Isolation::Group => {
-                    let mut cx = Ctx::new(&tx, &mut self.ids, now, &policy);
+                    let mut cx = Ctx::new(&tx, &mut self.ids, now, &policy, indexed_up_to);
                     result = match apply(&mut cx, &job.write) {
                         Ok(written) => Ok(written),
                         // Dropping the transaction rolls it back.
                         Err(_) => return Err(GroupFailed::WriteFailed),
                     };
+                    indexed_up_to = cx.indexed_up_to;
                     (cx.changes, cx.wake)
                 }
                 Isolation::PerWrite => {
                     let sp = tx.savepoint()?;
-                    let mut cx = Ctx::new(&sp, &mut self.ids, now, &policy);
+                    let mut cx = Ctx::new(&sp, &mut self.ids, now, &policy, indexed_up_to);
                     result = apply(&mut cx, &job.write);
                     let (changes, wake) = (cx.changes, cx.wake);
                     if result.is_ok() {
+                        // What the write indexed is kept only with the write.
+                        indexed_up_to = cx.indexed_up_to;
                         sp.commit()?;
                     } else {
                         sp.finish()?;
@@ -232,6 +232,8 @@ pub(super) struct Ctx<'a> {
     pub(super) policy: &'a agent::RunPolicy,
     pub(super) changes: Vec<Change>,
     pub(super) wake: Wake,
+    /// Every message with `seq` up to this is in the full-text index (in this transaction).
+    indexed_up_to: i64,
 }
 
 impl<'a> Ctx<'a> {
@@ -240,6 +242,7 @@ impl<'a> Ctx<'a> {
         ids: &'a mut Generator,
         now: i64,
         policy: &'a agent::RunPolicy,
+        indexed_up_to: i64,
     ) -> Self {
         Self {
             conn,
@@ -248,7 +251,16 @@ impl<'a> Ctx<'a> {
             policy,
             changes: Vec::new(),
             wake: Wake::default(),
+            indexed_up_to,
         }
+    }
+
+    /// Indexes the messages stored so far for search. A write calls this before it changes
+    /// a stored message's text: the index's update trigger removes the old text, which it
+    /// must hold. Everything else is indexed once, just before the group commits.
+    pub(super) fn index_before_changing_text(&mut self) -> rusqlite::Result<()> {
+        self.indexed_up_to = index_new_messages(self.conn, self.indexed_up_to)?;
+        Ok(())
     }
 
     /// A fresh ULID, monotonic within the writer.

@@ -232,10 +232,25 @@ impl Telegram {
             }
         };
         let mut backoff = Backoff::default();
+        // The offset to save, once a batch moved it. It is saved while the next poll waits:
+        // the poll itself confirms the offset to Telegram, and receipts make a refetch after
+        // a restart harmless, so nobody's reply needs to wait for this commit.
+        let mut unsaved: Option<i64> = None;
         loop {
+            let save = async {
+                if let Some(next) = unsaved.take()
+                    && let Err(e) = self.store.set_cursor(&self.name, next.to_string()).await
+                {
+                    // The next saved offset covers this one.
+                    tracing::warn!(connection = %self.name, error = %e, "cannot save the polling offset");
+                }
+            };
+            let poll = self
+                .api
+                .get_updates(offset, self.config.poll_timeout, ALLOWED_UPDATES);
             let updates = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                updates = self.api.get_updates(offset, self.config.poll_timeout, ALLOWED_UPDATES) => updates,
+                ((), updates) = futures_util::future::join(save, poll) => updates,
             };
             let updates = match updates {
                 Ok(updates) => updates,
@@ -270,10 +285,7 @@ impl Telegram {
             if let Some(last) = handled {
                 let next = last.saturating_add(1);
                 offset = Some(next);
-                if let Err(e) = self.store.set_cursor(&self.name, next.to_string()).await {
-                    // Receipts keep a refetch harmless; the next poll confirms the offset anyway.
-                    tracing::warn!(connection = %self.name, error = %e, "cannot save the polling offset");
-                }
+                unsaved = Some(next);
             } else if offset.is_some() {
                 // A batch that could not be stored: give the store a moment.
                 if wait_or_shutdown(backoff.next(), shutdown).await {
