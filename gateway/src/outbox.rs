@@ -13,19 +13,17 @@
 //! repeat, so they are retried without reconciling; one refused for good is undone in the
 //! store.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use moltbot_protocol::ids::ConversationId;
 use rand::Rng;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError, Target};
 use crate::metrics::Metrics;
 use crate::store::{Operation, OutboxItem, OutboxWrite, Store};
+use crate::tasks::ConversationTasks;
 
 /// Conversations delivering at once.
 const MAX_CONVERSATIONS_IN_FLIGHT: usize = 256;
@@ -45,15 +43,12 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut in_flight: HashSet<ConversationId> = HashSet::new();
-    let mut tasks: JoinSet<ConversationId> = JoinSet::new();
+    let mut tasks = ConversationTasks::default();
     loop {
-        while let Some(done) = tasks.try_join_next() {
-            crate::tasks::finished(&mut in_flight, done);
-        }
-        let room = MAX_CONVERSATIONS_IN_FLIGHT - in_flight.len();
+        tasks.reap();
+        let room = MAX_CONVERSATIONS_IN_FLIGHT - tasks.len();
         if room > 0 {
-            match store.due_outbox(room, &in_flight).await {
+            match store.due_outbox(room, tasks.busy()).await {
                 Ok(items) => {
                     for item in items {
                         let Some(connector) = connectors.get(&item.connection).cloned() else {
@@ -61,16 +56,13 @@ pub async fn run(
                             tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
                             continue;
                         };
-                        in_flight.insert(item.conversation_id);
                         let delivery = Delivery {
                             store: store.clone(),
                             metrics: metrics.clone(),
                             connector,
                         };
-                        tasks.spawn(async move {
-                            let conversation_id = item.conversation_id;
+                        tasks.spawn(item.conversation_id, async move {
                             delivery.deliver(item).await;
-                            conversation_id
                         });
                     }
                 }
@@ -85,15 +77,13 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = store.outbox_ready() => {}
-            Some(done) = tasks.join_next() => crate::tasks::finished(&mut in_flight, done),
+            () = tasks.next_finished() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.join_all())
+        .await
+        .is_err()
     {
         tracing::warn!(
             "deliveries still running at shutdown were cut off; they are reconciled at the next start"

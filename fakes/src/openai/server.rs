@@ -92,9 +92,8 @@ impl Shared {
         bodies
             .iter()
             .map(|body| {
-                serde_json::from_slice(body).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(body).into_owned())
-                })
+                serde_json::from_slice(body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
             })
             .collect()
     }

@@ -14,16 +14,13 @@ mod history;
 mod model;
 mod tools;
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use moltbot_protocol::ids::ConversationId;
 use moltbot_protocol::inbox::{AgentDelta, RunState, ServerFrame};
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -37,6 +34,7 @@ use crate::metrics::{Metrics, ResultLabels, TokenLabels};
 use crate::store::{
     QueuedRun, RunFinish, RunOutcome, RunPolicy, RunStart, RunUsage, Store, StoreError, UsageDay,
 };
+use crate::tasks::ConversationTasks;
 
 /// Messages read for a run's prompt before the context budget trims them.
 const HISTORY_MESSAGES: u32 = 200;
@@ -115,26 +113,20 @@ impl Agent {
     pub async fn run(self, shutdown: CancellationToken) {
         let follow_ups = tokio::spawn(self.clone().follow_ups(shutdown.clone()));
         let max = self.config.borrow().agent.max_concurrent_runs;
-        let mut in_flight: HashSet<ConversationId> = HashSet::new();
-        let mut tasks: JoinSet<ConversationId> = JoinSet::new();
+        let mut tasks = ConversationTasks::default();
         loop {
-            while let Some(done) = tasks.try_join_next() {
-                crate::tasks::finished(&mut in_flight, done);
-            }
-            if in_flight.len() < max {
+            tasks.reap();
+            if tasks.len() < max {
                 match self
                     .store
-                    .queued_runs(max - in_flight.len(), &in_flight)
+                    .queued_runs(max - tasks.len(), tasks.busy())
                     .await
                 {
                     Ok(runs) => {
                         for run in runs {
-                            in_flight.insert(run.conversation_id);
                             let agent = self.clone();
-                            tasks.spawn(async move {
-                                let conversation_id = run.conversation_id;
+                            tasks.spawn(run.conversation_id, async move {
                                 agent.execute(run).await;
-                                conversation_id
                             });
                         }
                     }
@@ -144,11 +136,11 @@ impl Agent {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.store.runs_ready() => {}
-                Some(done) = tasks.join_next() => crate::tasks::finished(&mut in_flight, done),
+                () = tasks.next_finished() => {}
                 _ = tokio::time::sleep(IDLE) => {}
             }
         }
-        if !tasks.is_empty() {
+        if tasks.len() > 0 {
             tracing::info!(
                 runs = tasks.len(),
                 "stopping agent runs in flight; they run again at the next start"

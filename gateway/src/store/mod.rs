@@ -499,8 +499,23 @@ mod tests {
             }
         });
         futures_util::future::join_all(pairs).await;
-        assert!(store.search("eight", None, None, 100).await.unwrap().items.is_empty());
-        assert_eq!(store.search("nine", None, None, 100).await.unwrap().items.len(), 64);
+        assert!(
+            store
+                .search("eight", None, None, 100)
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .search("nine", None, None, 100)
+                .await
+                .unwrap()
+                .items
+                .len(),
+            64
+        );
         writer.finish().await;
 
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
