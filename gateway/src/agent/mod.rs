@@ -442,9 +442,13 @@ impl Agent {
             }
         };
         let max_tokens = u32::try_from(remaining).unwrap_or(u32::MAX);
-        let result = model.complete(request, max_tokens, &mut on_event).await;
+        let mut spent = Usage::default();
+        let result = model
+            .complete(request, max_tokens, &mut spent, &mut on_event)
+            .await;
+        // A failed turn is paid for too.
+        add_usage(usage, spent, model);
         let turn = result?;
-        add_usage(usage, turn.usage, model);
         Ok(turn)
     }
 

@@ -159,9 +159,6 @@ pub(crate) struct Turn {
     pub text: Option<String>,
     /// In the order the model made them.
     pub tool_calls: Vec<ToolCallRequest>,
-    /// Spent by every attempt of the turn, failed ones included; estimated with
-    /// [`estimate_tokens`] for an attempt whose server reported none.
-    pub usage: Usage,
     pub finish: Finish,
 }
 
@@ -258,7 +255,9 @@ impl ModelClient {
     }
 
     /// One assistant turn, streamed: `on_event` gets each piece of text as it arrives. The
-    /// answer is held to `max_tokens` when that is below the request's own limit.
+    /// answer is held to `max_tokens` when that is below the request's own limit. What every
+    /// attempt spent is added to `spent`, also when the turn fails in the end (estimated
+    /// with [`estimate_tokens`] for an attempt whose server reported none).
     ///
     /// Retries a retryable failure up to `max_retries` times with exponential backoff and
     /// jitter (see the module documentation for how this composes with async-openai's own
@@ -268,12 +267,12 @@ impl ModelClient {
         &self,
         request: &ChatRequest,
         max_tokens: u32,
+        spent: &mut Usage,
         on_event: &mut (dyn FnMut(StreamEvent<'_>) + Send),
     ) -> Result<Turn, ModelError> {
         if request.messages.is_empty() {
             return Err(ModelError::Rejected("the request has no messages".into()));
         }
-        let mut usage = Usage::default();
         let mut retries = 0;
         loop {
             let mut progress = Progress::default();
@@ -284,13 +283,12 @@ impl ModelClient {
                 Ok(result) => result.and_then(|()| progress.answer()),
                 Err(_elapsed) => Err(ModelError::Timeout),
             };
-            usage += progress.spent(request);
+            *spent += progress.spent(request);
             match result {
                 Ok(answer) => {
                     return Ok(Turn {
                         text: answer.text,
                         tool_calls: answer.tool_calls,
-                        usage,
                         finish: answer.finish,
                     });
                 }
@@ -788,20 +786,22 @@ mod tests {
         Restart,
     }
 
+    /// The turn, the events it streamed and what it spent.
     async fn complete(
         client: &ModelClient,
         request: &ChatRequest,
-    ) -> (Result<Turn, ModelError>, Vec<Seen>) {
+    ) -> (Result<Turn, ModelError>, Vec<Seen>, Usage) {
         let mut seen = Vec::new();
+        let mut spent = Usage::default();
         let result = client
-            .complete(request, u32::MAX, &mut |event| {
+            .complete(request, u32::MAX, &mut spent, &mut |event| {
                 seen.push(match event {
                     StreamEvent::Text(text) => Seen::Text(text.to_owned()),
                     StreamEvent::Restart => Seen::Restart,
                 })
             })
             .await;
-        (result, seen)
+        (result, seen, spent)
     }
 
     /// The fake's usage rule: ceil(chars / 4) + 3 per message.
@@ -824,7 +824,7 @@ mod tests {
         fake.enqueue(Reply::Text(text.to_owned()));
         let client = client_with(&config(&fake));
 
-        let (result, seen) = complete(&client, &ask("Tell me a story")).await;
+        let (result, seen, spent) = complete(&client, &ask("Tell me a story")).await;
         let turn = result.expect("turn succeeds");
 
         assert!(seen.len() > 2, "streamed in pieces: {seen:?}");
@@ -840,7 +840,7 @@ mod tests {
         assert!(turn.tool_calls.is_empty());
         assert_eq!(turn.finish, Finish::Stop);
         assert_eq!(
-            turn.usage,
+            spent,
             Usage {
                 prompt_tokens: fake_prompt_tokens(&["You are Pi.", "Tell me a story"]),
                 completion_tokens: text.chars().count().div_ceil(4) as u64,
@@ -862,7 +862,7 @@ mod tests {
         let mut request = ask("remember: the cat is called Tom");
         request.tools = vec![remember_tool()];
 
-        let (result, seen) = complete(&client, &request).await;
+        let (result, seen, spent) = complete(&client, &request).await;
         let turn = result.expect("turn succeeds");
 
         assert!(seen.is_empty(), "no text: {seen:?}");
@@ -874,7 +874,7 @@ mod tests {
         assert_eq!(call.name, "remember_fact");
         let parsed: Value = serde_json::from_str(&call.arguments).expect("arguments are JSON");
         assert_eq!(parsed, arguments);
-        assert!(turn.usage.completion_tokens > 0);
+        assert!(spent.completion_tokens > 0);
     }
 
     #[tokio::test]
@@ -953,7 +953,7 @@ mod tests {
         // A run's remaining budget holds the answer below the request's own limit.
         fake.enqueue(Reply::Text("ok".into()));
         client
-            .complete(&request, 40, &mut |_| {})
+            .complete(&request, 40, &mut Usage::default(), &mut |_| {})
             .await
             .expect("turn succeeds");
         assert_eq!(fake.requests()[1]["max_completion_tokens"], 40);
@@ -1122,7 +1122,7 @@ mod tests {
         config.max_retries = 1;
         let client = client_with(&config);
 
-        let (result, seen) = complete(&client, &ask("hi")).await;
+        let (result, seen, _) = complete(&client, &ask("hi")).await;
 
         assert_eq!(
             result.expect("second attempt succeeds").text.as_deref(),
@@ -1151,7 +1151,7 @@ mod tests {
         config.max_retries = 1;
         let client = client_with(&config);
 
-        let (result, seen) = complete(&client, &ask("hi")).await;
+        let (result, seen, spent) = complete(&client, &ask("hi")).await;
         let turn = result.expect("the retry succeeds");
 
         let restart = seen
@@ -1166,17 +1166,35 @@ mod tests {
             prompt_tokens: fake_prompt_tokens(&["You are Pi.", "hi"]),
             completion_tokens: 1,
         };
+        assert!(spent.prompt_tokens > second.prompt_tokens, "{spent:?}");
         assert!(
-            turn.usage.prompt_tokens > second.prompt_tokens,
-            "{:?}",
-            turn.usage
-        );
-        assert!(
-            turn.usage.completion_tokens > second.completion_tokens,
-            "{:?}",
-            turn.usage
+            spent.completion_tokens > second.completion_tokens,
+            "{spent:?}"
         );
         assert_eq!(fake.request_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_turn_that_fails_for_good_still_reports_what_it_spent() {
+        let fake = FakeOpenAi::start(FakeOpenAiConfig {
+            chunk_delay: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+        .expect("fake starts");
+        fake.enqueue(Reply::Text("one two three ".repeat(40)));
+        let mut config = config(&fake);
+        config.timeout = Duration::from_millis(600);
+        config.max_retries = 0;
+        let client = client_with(&config);
+
+        let (result, seen, spent) = complete(&client, &ask("hi")).await;
+
+        assert!(matches!(result, Err(ModelError::Timeout)), "{result:?}");
+        assert!(!seen.is_empty(), "text streamed before the timeout");
+        // The stream was cut before the server's usage: the gateway's own estimate.
+        assert_eq!(spent.prompt_tokens, estimate_prompt(&ask("hi")));
+        assert!(spent.completion_tokens > 0, "{spent:?}");
     }
 
     #[tokio::test]
@@ -1189,11 +1207,16 @@ mod tests {
         let sink = shared.clone();
 
         let turn = client
-            .complete(&ask("hi"), u32::MAX, &mut move |event| {
-                if let StreamEvent::Text(text) = event {
-                    sink.lock().unwrap().push_str(text);
-                }
-            })
+            .complete(
+                &ask("hi"),
+                u32::MAX,
+                &mut Usage::default(),
+                &mut move |event| {
+                    if let StreamEvent::Text(text) = event {
+                        sink.lock().unwrap().push_str(text);
+                    }
+                },
+            )
             .await
             .expect("turn succeeds");
 
