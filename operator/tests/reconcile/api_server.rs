@@ -1,0 +1,249 @@
+//! A fake API server behind a tower-test mock: it keeps objects by path, answers GET,
+//! server-side apply, merge and JSON patches, DELETE and event POSTs as the real one
+//! would for these tests, and records every request for the tests to assert.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+/// One request the operator made.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: BTreeMap<String, String>,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Seen {
+    /// `METHOD path`, what most assertions compare.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+
+    /// A server-side apply by the operator, taking over conflicts.
+    pub fn is_operator_apply(&self) -> bool {
+        self.method == "PATCH"
+            && self.content_type == "application/apply-patch+yaml"
+            && self.query.get("fieldManager").map(String::as_str) == Some("moltbot-operator")
+            && self.query.get("force").map(String::as_str) == Some("true")
+    }
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    seen: Vec<Seen>,
+    /// Paths whose writes are refused with 403.
+    forbidden: Vec<String>,
+    version: u64,
+}
+
+#[derive(Clone)]
+pub struct ApiServer {
+    state: Arc<Mutex<State>>,
+}
+
+impl ApiServer {
+    /// A client talking to a new fake server.
+    pub fn start() -> (Client, ApiServer) {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let server = ApiServer {
+            state: Arc::default(),
+        };
+        let state = server.state.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("a request body");
+                let body = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).expect("a JSON request body")
+                };
+                let seen = Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().map(form_pairs).unwrap_or_default(),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                    body,
+                };
+                let (status, reply) = state.lock().unwrap().answer(&seen);
+                respond.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                        .unwrap(),
+                );
+            }
+        });
+        (Client::new(service, "default"), server)
+    }
+
+    /// Stores `object` at `path`, as if it existed.
+    pub fn put(&self, path: &str, object: impl serde::Serialize) {
+        let mut state = self.state.lock().unwrap();
+        let mut object = serde_json::to_value(object).unwrap();
+        state.stamp(&mut object);
+        state.objects.insert(path.to_string(), object);
+    }
+
+    /// The object at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(path).cloned()
+    }
+
+    /// Writes to `path` will be refused with 403.
+    pub fn forbid(&self, path: &str) {
+        self.state.lock().unwrap().forbidden.push(path.to_string());
+    }
+
+    /// Writes are accepted again.
+    pub fn forbid_nothing(&self) {
+        self.state.lock().unwrap().forbidden.clear();
+    }
+
+    /// Every request since the last call.
+    pub fn take(&self) -> Vec<Seen> {
+        std::mem::take(&mut self.state.lock().unwrap().seen)
+    }
+}
+
+fn form_pairs(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key.to_string(), value.to_string())
+        })
+        .collect()
+}
+
+impl State {
+    fn stamp(&mut self, object: &mut Value) {
+        self.version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+    }
+
+    fn answer(&mut self, seen: &Seen) -> (StatusCode, Value) {
+        self.seen.push(seen.clone());
+        if seen.method != "GET" && self.forbidden.contains(&seen.path) {
+            return status(StatusCode::FORBIDDEN, "Forbidden");
+        }
+        let path = seen.path.as_str();
+        match (seen.method.as_str(), seen.content_type.as_str()) {
+            ("GET", _) => match self.objects.get(path) {
+                Some(object) => (StatusCode::OK, object.clone()),
+                None => status(StatusCode::NOT_FOUND, "NotFound"),
+            },
+            ("POST", _) => (StatusCode::CREATED, seen.body.clone()),
+            ("DELETE", _) => match self.objects.remove(path) {
+                Some(object) => (StatusCode::OK, object),
+                None => status(StatusCode::NOT_FOUND, "NotFound"),
+            },
+            ("PATCH", "application/apply-patch+yaml") => {
+                if let Some(owner) = path.strip_suffix("/status") {
+                    let Some(object) = self.objects.get_mut(owner) else {
+                        return status(StatusCode::NOT_FOUND, "NotFound");
+                    };
+                    object["status"] = seen.body["status"].clone();
+                    let mut object = object.clone();
+                    self.stamp(&mut object);
+                    self.objects.insert(owner.to_string(), object.clone());
+                    return (StatusCode::OK, object);
+                }
+                let mut object = seen.body.clone();
+                self.stamp(&mut object);
+                self.objects.insert(path.to_string(), object.clone());
+                (StatusCode::OK, object)
+            }
+            ("PATCH", "application/merge-patch+json") => {
+                let Some(mut object) = self.objects.get(path).cloned() else {
+                    return status(StatusCode::NOT_FOUND, "NotFound");
+                };
+                merge(&mut object, &seen.body);
+                self.stamp(&mut object);
+                self.objects.insert(path.to_string(), object.clone());
+                (StatusCode::OK, object)
+            }
+            ("PATCH", "application/json-patch+json") => {
+                let Some(mut object) = self.objects.get(path).cloned() else {
+                    return status(StatusCode::NOT_FOUND, "NotFound");
+                };
+                json_patch_finalizers(&mut object, &seen.body);
+                self.stamp(&mut object);
+                self.objects.insert(path.to_string(), object.clone());
+                (StatusCode::OK, object)
+            }
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+        }
+    }
+}
+
+fn status(code: StatusCode, reason: &str) -> (StatusCode, Value) {
+    (
+        code,
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "reason": reason,
+            "message": reason,
+            "code": code.as_u16(),
+        }),
+    )
+}
+
+/// RFC 7386 merge.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(target), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                }
+            }
+        }
+        (target, patch) => *target = patch.clone(),
+    }
+}
+
+/// The two JSON patches kube's finalizer helper sends: add the finalizer list (or one
+/// entry), or remove one entry. `test` operations are taken as passing.
+fn json_patch_finalizers(object: &mut Value, operations: &Value) {
+    for operation in operations.as_array().expect("a JSON patch is a list") {
+        let path = operation["path"].as_str().unwrap_or_default();
+        let finalizers = &mut object["metadata"]["finalizers"];
+        match (operation["op"].as_str(), path) {
+            (Some("add"), "/metadata/finalizers") => *finalizers = operation["value"].clone(),
+            (Some("add"), "/metadata/finalizers/-") => finalizers
+                .as_array_mut()
+                .expect("finalizers")
+                .push(operation["value"].clone()),
+            (Some("remove"), index) => {
+                let index: usize = index
+                    .trim_start_matches("/metadata/finalizers/")
+                    .parse()
+                    .expect("a finalizer index");
+                finalizers.as_array_mut().expect("finalizers").remove(index);
+            }
+            (Some("test"), _) => {}
+            other => panic!("unexpected JSON patch operation {other:?}"),
+        }
+    }
+}
