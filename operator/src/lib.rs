@@ -6,6 +6,7 @@
 //! in status.
 
 pub mod build;
+pub mod health;
 pub mod metrics;
 mod quantity;
 pub mod reconcile;

@@ -77,7 +77,7 @@ impl Context {
     }
 
     /// The Connections in `namespace` that are not being deleted.
-    fn connections_in(&self, namespace: &str) -> Vec<Connection> {
+    pub(crate) fn connections_in(&self, namespace: &str) -> Vec<Connection> {
         let mut connections: Vec<Connection> = self
             .connections
             .state()

@@ -7,5 +7,6 @@
 mod fixture;
 
 mod api_server;
+mod health;
 mod scenarios;
 mod support;

@@ -4,9 +4,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::runtime::reflector;
 use kube::runtime::watcher;
-use moltbot_crds::{FINALIZER, Tenant};
+use moltbot_crds::{Connection, FINALIZER, Tenant};
 use moltbot_operator::OperatorSettings;
 use moltbot_operator::metrics::Metrics;
 use moltbot_operator::reconcile::Context;
@@ -33,18 +34,62 @@ pub fn cluster(fixture: &Fixture) -> (Arc<Context>, ApiServer, Tenant) {
     for secret in &fixture.secrets {
         server.put(&secret_path(secret), secret);
     }
-    let (store, mut writer) = reflector::store();
     for connection in &fixture.connections {
+        server.put(&connection_path(connection), connection);
+    }
+    (context(client, &fixture.connections), server, tenant)
+}
+
+/// A context whose cache holds `connections`.
+fn context(client: Client, connections: &[Connection]) -> Arc<Context> {
+    let (store, mut writer) = reflector::store();
+    for connection in connections {
         writer.apply_watcher_event(&watcher::Event::Apply(connection.clone()));
     }
-    let ctx = Context::new(
+    Arc::new(Context::new(
         client,
         OperatorSettings::default(),
         store,
         Arc::new(Metrics::default()),
         None,
-    );
-    (Arc::new(ctx), server, tenant)
+    ))
+}
+
+/// `ctx` with its cache of Connections as the fake server holds them now.
+pub fn with_stored_connections(
+    server: &ApiServer,
+    fixture: &Fixture,
+    ctx: Arc<Context>,
+) -> Arc<Context> {
+    let stored: Vec<Connection> = fixture
+        .connections
+        .iter()
+        .map(|c| {
+            serde_json::from_value(
+                server
+                    .get(&connection_path(c))
+                    .expect("a stored Connection"),
+            )
+            .expect("a Connection")
+        })
+        .collect();
+    context(ctx.client.clone(), &stored)
+}
+
+fn connection_path(connection: &Connection) -> String {
+    format!(
+        "/apis/cloud.moltbot.com/v1alpha1/namespaces/{}/connections/{}",
+        connection
+            .metadata
+            .namespace
+            .as_deref()
+            .expect("a namespaced Connection"),
+        connection
+            .metadata
+            .name
+            .as_deref()
+            .expect("a named Connection")
+    )
 }
 
 fn tenant_name(tenant: &Tenant) -> String {
