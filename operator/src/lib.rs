@@ -5,11 +5,13 @@
 //! Connections and the operator's [`settings`]; [`reconcile`] applies them and reports
 //! in status.
 
+pub mod admin;
 pub mod build;
 pub mod health;
 pub mod metrics;
 mod quantity;
 pub mod reconcile;
+pub mod run;
 pub mod settings;
 
 pub use build::{BuildError, Desired, build};

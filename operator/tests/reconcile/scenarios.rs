@@ -423,6 +423,13 @@ async fn a_refused_apply_says_so_in_status_and_backs_off() {
         ]
     );
 
+    let metrics = ctx.metrics.encode();
+    assert!(
+        metrics
+            .contains("moltbot_operator_tenant_reconcile_failures_total{reason=\"Forbidden\"} 1"),
+        "{metrics}"
+    );
+
     let waits: Vec<Action> = (0..3)
         .map(|_| error_policy(tenant.clone(), &error, ctx.clone()))
         .collect();
