@@ -192,6 +192,13 @@ async fn controllers(
     .default_backoff()
     .modify(slim)
     .reflect(tenant_writer)
+    .inspect(move |event| {
+        // Not `Store::wait_until_ready`: it wakes only its latest waiter, and the
+        // controller waits on the same store.
+        if let Ok(watcher::Event::InitDone) = event {
+            readiness.set_synced();
+        }
+    })
     .applied_objects()
     .predicate_filter(tenant_trigger, Default::default());
     // Metadata only: a gateway's rollout is read from the apply's answer; the watch only
@@ -212,15 +219,6 @@ async fn controllers(
         metrics,
         Some(options.identity.clone()),
     ));
-    tokio::spawn({
-        let tenants = tenants.clone();
-        async move {
-            if tenants.wait_until_ready().await.is_ok() {
-                tracing::info!("caches filled");
-                readiness.set_synced();
-            }
-        }
-    });
     tokio::spawn(health::poll(
         ctx.clone(),
         tenants.clone(),

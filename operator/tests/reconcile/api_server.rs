@@ -1,15 +1,23 @@
 //! A fake API server behind a tower-test mock: it keeps objects by path, answers GET,
-//! server-side apply, merge and JSON patches, DELETE and event POSTs as the real one
-//! would for these tests, and records every request for the tests to assert.
+//! LIST and WATCH, server-side apply, merge and JSON patches, DELETE and event POSTs as
+//! the real one would for these tests, and records every request for the tests to assert.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tower_test::mock;
+
+type Reply = Response<BoxBody<Bytes, Infallible>>;
 
 /// One request the operator made.
 #[derive(Clone, Debug)]
@@ -43,6 +51,8 @@ struct State {
     /// Paths whose writes are refused with 403.
     forbidden: Vec<String>,
     version: u64,
+    /// Open watches: the collection path each serves, and where its events go.
+    watches: Vec<(String, mpsc::UnboundedSender<Bytes>)>,
 }
 
 #[derive(Clone)]
@@ -53,7 +63,7 @@ pub struct ApiServer {
 impl ApiServer {
     /// A client talking to a new fake server.
     pub fn start() -> (Client, ApiServer) {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) = mock::pair::<Request<Body>, Reply>();
         let server = ApiServer {
             state: Arc::default(),
         };
@@ -79,25 +89,44 @@ impl ApiServer {
                         .to_string(),
                     body,
                 };
-                let (status, reply) = state.lock().unwrap().answer(&seen);
-                respond.send_response(
-                    Response::builder()
-                        .status(status)
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                        .unwrap(),
+                let is_watch = seen.query.get("watch").map(String::as_str) == Some("true");
+                let body = if is_watch {
+                    let (events, receiver) = mpsc::unbounded_channel();
+                    state.lock().unwrap().watch(&seen, events);
+                    let frames = futures_util::stream::unfold(receiver, |mut receiver| async {
+                        let line = receiver.recv().await?;
+                        Some((Ok(Frame::data(line)), receiver))
+                    });
+                    Response::new(StreamBody::new(frames).boxed())
+                } else {
+                    let (status, reply) = state.lock().unwrap().answer(&seen);
+                    let bytes = Bytes::from(serde_json::to_vec(&reply).unwrap());
+                    let mut response = Response::new(Full::new(bytes).boxed());
+                    *response.status_mut() = status;
+                    response
+                };
+                let mut body = body;
+                body.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
                 );
+                respond.send_response(body);
             }
         });
         (Client::new(service, "default"), server)
     }
 
-    /// Stores `object` at `path`, as if it existed.
+    /// Stores `object` at `path`, as if it existed (or someone changed it).
     pub fn put(&self, path: &str, object: impl serde::Serialize) {
         let mut state = self.state.lock().unwrap();
         let mut object = serde_json::to_value(object).unwrap();
         state.stamp(&mut object);
-        state.objects.insert(path.to_string(), object);
+        state.store(path, object);
+    }
+
+    /// Requests so far, without taking them.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
     }
 
     /// The object at `path`, if any.
@@ -132,10 +161,67 @@ fn form_pairs(query: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The collection paths that list `object_path`: its own, and the all-namespaces one.
+fn collections(object_path: &str) -> [String; 2] {
+    let parent = object_path
+        .rsplit_once('/')
+        .map_or("", |(parent, _)| parent);
+    let segments: Vec<&str> = parent.split('/').collect();
+    let across = match segments.iter().position(|s| *s == "namespaces") {
+        Some(i) if i + 2 < segments.len() => {
+            [&segments[..i], &segments[i + 2..]].concat().join("/")
+        }
+        _ => parent.to_string(),
+    };
+    [parent.to_string(), across]
+}
+
 impl State {
     fn stamp(&mut self, object: &mut Value) {
         self.version += 1;
         object["metadata"]["resourceVersion"] = json!(self.version.to_string());
+    }
+
+    /// Keeps `object` at `path` and tells the watches of its collection.
+    fn store(&mut self, path: &str, object: Value) {
+        let kind = if self.objects.contains_key(path) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.notify(path, kind, &object);
+        self.objects.insert(path.to_string(), object);
+    }
+
+    fn notify(&mut self, path: &str, kind: &str, object: &Value) {
+        let collections = collections(path);
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
+        line.push(b'\n');
+        let line = Bytes::from(line);
+        self.watches.retain(|(collection, events)| {
+            !collections.contains(collection) || events.send(line.clone()).is_ok()
+        });
+    }
+
+    /// Starts a watch of the collection at `seen.path`: it only hears of changes from now.
+    fn watch(&mut self, seen: &Seen, events: mpsc::UnboundedSender<Bytes>) {
+        self.seen.push(seen.clone());
+        self.watches.push((seen.path.clone(), events));
+    }
+
+    fn list(&self, path: &str) -> Value {
+        let items: Vec<&Value> = self
+            .objects
+            .iter()
+            .filter(|(object_path, _)| collections(object_path).iter().any(|c| c == path))
+            .map(|(_, object)| object)
+            .collect();
+        json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "metadata": {"resourceVersion": self.version.to_string()},
+            "items": items,
+        })
     }
 
     fn answer(&mut self, seen: &Seen) -> (StatusCode, Value) {
@@ -147,11 +233,15 @@ impl State {
         match (seen.method.as_str(), seen.content_type.as_str()) {
             ("GET", _) => match self.objects.get(path) {
                 Some(object) => (StatusCode::OK, object.clone()),
+                None if is_collection(path) => (StatusCode::OK, self.list(path)),
                 None => status(StatusCode::NOT_FOUND, "NotFound"),
             },
             ("POST", _) => (StatusCode::CREATED, seen.body.clone()),
             ("DELETE", _) => match self.objects.remove(path) {
-                Some(object) => (StatusCode::OK, object),
+                Some(object) => {
+                    self.notify(path, "DELETED", &object);
+                    (StatusCode::OK, object)
+                }
                 None => status(StatusCode::NOT_FOUND, "NotFound"),
             },
             ("PATCH", "application/apply-patch+yaml") => {
@@ -162,12 +252,16 @@ impl State {
                     object["status"] = seen.body["status"].clone();
                     let mut object = object.clone();
                     self.stamp(&mut object);
-                    self.objects.insert(owner.to_string(), object.clone());
+                    self.store(owner, object.clone());
                     return (StatusCode::OK, object);
                 }
                 let mut object = seen.body.clone();
+                // The main resource's apply leaves the status subresource alone.
+                if let Some(old_status) = self.objects.get(path).and_then(|o| o.get("status")) {
+                    object["status"] = old_status.clone();
+                }
                 self.stamp(&mut object);
-                self.objects.insert(path.to_string(), object.clone());
+                self.store(path, object.clone());
                 (StatusCode::OK, object)
             }
             ("PATCH", "application/merge-patch+json") => {
@@ -176,7 +270,7 @@ impl State {
                 };
                 merge(&mut object, &seen.body);
                 self.stamp(&mut object);
-                self.objects.insert(path.to_string(), object.clone());
+                self.store(path, object.clone());
                 (StatusCode::OK, object)
             }
             ("PATCH", "application/json-patch+json") => {
@@ -185,12 +279,20 @@ impl State {
                 };
                 json_patch_finalizers(&mut object, &seen.body);
                 self.stamp(&mut object);
-                self.objects.insert(path.to_string(), object.clone());
+                self.store(path, object.clone());
                 (StatusCode::OK, object)
             }
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         }
     }
+}
+
+/// Whether `path` names a collection the operator lists or watches.
+fn is_collection(path: &str) -> bool {
+    matches!(
+        path.rsplit('/').next(),
+        Some("tenants" | "connections" | "statefulsets")
+    )
 }
 
 fn status(code: StatusCode, reason: &str) -> (StatusCode, Value) {

@@ -8,5 +8,6 @@ mod fixture;
 
 mod api_server;
 mod health;
+mod running;
 mod scenarios;
 mod support;
