@@ -11,7 +11,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Controller, Predicate, WatchStreamExt, controller, predicates, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use moltbot_crds::{Connection, TENANT_NAMESPACE_PREFIX, Tenant};
 use tokio::net::TcpListener;
@@ -227,7 +227,7 @@ async fn controllers(
         stop.clone(),
     ));
     Controller::for_stream(tenant_changes, tenants)
-        .owns_stream(gateways)
+        .watches_stream(gateways, owning_tenant)
         .reconcile_on(connection_triggers)
         .with_config(controller::Config::default().concurrency(options.concurrency))
         .graceful_shutdown_on(stop.cancelled_owned())
@@ -251,7 +251,7 @@ async fn stopped_by(stop: CancellationToken, work: impl Future<Output = ()>) {
 
 /// Drops what the operator never reads from cached objects: managedFields and kubectl's
 /// copy of the last applied object are often larger than the rest.
-fn slim<K: ResourceExt>(object: &mut K) {
+pub fn slim<K: ResourceExt>(object: &mut K) {
     object.managed_fields_mut().clear();
     object
         .annotations_mut()
@@ -266,6 +266,20 @@ fn tenant_trigger(tenant: &Tenant) -> Option<u64> {
         .combine(predicates::annotations)
         .combine(predicates::finalizers)
         .hash_property(tenant)
+}
+
+/// The Tenant that owns a gateway StatefulSet. Not `owns_stream`: it gives a
+/// cluster-scoped owner its child's namespace, so the same Tenant would be queued under
+/// two keys and reconciled twice at once.
+fn owning_tenant(gateway: PartialObjectMeta<StatefulSet>) -> Option<ObjectRef<Tenant>> {
+    gateway
+        .metadata
+        .owner_references?
+        .into_iter()
+        .find(|owner| {
+            owner.kind == Tenant::kind(&()) && owner.api_version == Tenant::api_version(&())
+        })
+        .map(|owner| ObjectRef::new(&owner.name))
 }
 
 /// The Tenant whose namespace holds `connection`.
@@ -330,6 +344,19 @@ mod tests {
         slim(&mut tenant);
         assert!(tenant.managed_fields().is_empty());
         assert_eq!(tenant.annotations().len(), 1);
+    }
+
+    #[test]
+    fn a_gateway_triggers_its_tenant_under_the_tenants_own_key() {
+        let mut tenant = tenant();
+        tenant.metadata.uid = Some("6f1c1d52".into());
+        let mut gateway = PartialObjectMeta::<StatefulSet>::default();
+        gateway.metadata.namespace = Some("tenant-a".into());
+        gateway.metadata.owner_references = Some(vec![tenant.controller_owner_ref(&()).unwrap()]);
+        let key = owning_tenant(gateway).unwrap();
+        assert_eq!(key, ObjectRef::from_obj(&tenant));
+        assert_eq!(key.namespace, None);
+        assert_eq!(owning_tenant(PartialObjectMeta::default()), None);
     }
 
     #[test]

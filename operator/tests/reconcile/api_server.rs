@@ -182,6 +182,21 @@ impl State {
         object["metadata"]["resourceVersion"] = json!(self.version.to_string());
     }
 
+    /// Stores a written object as the API server does: a write that changes nothing
+    /// keeps the resourceVersion and tells no watch.
+    fn write(&mut self, path: &str, mut object: Value) -> (StatusCode, Value) {
+        if let Some(old) = self.objects.get(path) {
+            let mut same = object.clone();
+            same["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+            if same == *old {
+                return (StatusCode::OK, old.clone());
+            }
+        }
+        self.stamp(&mut object);
+        self.store(path, object.clone());
+        (StatusCode::OK, object)
+    }
+
     /// Keeps `object` at `path` and tells the watches of its collection.
     fn store(&mut self, path: &str, object: Value) {
         let kind = if self.objects.contains_key(path) {
@@ -246,41 +261,32 @@ impl State {
             },
             ("PATCH", "application/apply-patch+yaml") => {
                 if let Some(owner) = path.strip_suffix("/status") {
-                    let Some(object) = self.objects.get_mut(owner) else {
+                    let Some(mut object) = self.objects.get(owner).cloned() else {
                         return status(StatusCode::NOT_FOUND, "NotFound");
                     };
                     object["status"] = seen.body["status"].clone();
-                    let mut object = object.clone();
-                    self.stamp(&mut object);
-                    self.store(owner, object.clone());
-                    return (StatusCode::OK, object);
+                    return self.write(owner, object);
                 }
                 let mut object = seen.body.clone();
                 // The main resource's apply leaves the status subresource alone.
                 if let Some(old_status) = self.objects.get(path).and_then(|o| o.get("status")) {
                     object["status"] = old_status.clone();
                 }
-                self.stamp(&mut object);
-                self.store(path, object.clone());
-                (StatusCode::OK, object)
+                self.write(path, object)
             }
             ("PATCH", "application/merge-patch+json") => {
                 let Some(mut object) = self.objects.get(path).cloned() else {
                     return status(StatusCode::NOT_FOUND, "NotFound");
                 };
                 merge(&mut object, &seen.body);
-                self.stamp(&mut object);
-                self.store(path, object.clone());
-                (StatusCode::OK, object)
+                self.write(path, object)
             }
             ("PATCH", "application/json-patch+json") => {
                 let Some(mut object) = self.objects.get(path).cloned() else {
                     return status(StatusCode::NOT_FOUND, "NotFound");
                 };
                 json_patch_finalizers(&mut object, &seen.body);
-                self.stamp(&mut object);
-                self.store(path, object.clone());
-                (StatusCode::OK, object)
+                self.write(path, object)
             }
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
         }

@@ -31,11 +31,9 @@ fn status_of(server: &ApiServer) -> Option<moltbot_crds::TenantStatus> {
     stored_tenant(server, "alice").status
 }
 
-fn status_writes(server: &ApiServer) -> usize {
-    lines(&server.seen())
-        .iter()
-        .filter(|l| *l == &format!("PATCH {}/status", tenant_path("alice")))
-        .count()
+/// How often `line` was requested so far.
+fn times(server: &ApiServer, line: &str) -> usize {
+    lines(&server.seen()).iter().filter(|l| *l == line).count()
 }
 
 #[tokio::test]
@@ -97,10 +95,13 @@ async fn a_tenant_goes_from_first_sight_to_ready_and_the_operator_stops_on_reque
     })
     .await;
 
-    // At rest: no more writes of status, whatever the watches replay.
-    let writes = status_writes(&server);
+    // At rest: no more reconciles (each applies the StatefulSet) and no status writes.
+    let status_write = format!("PATCH {}/status", tenant_path("alice"));
+    let reconcile = format!("PATCH {path}");
+    let (writes, reconciles) = (times(&server, &status_write), times(&server, &reconcile));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(status_writes(&server), writes);
+    assert_eq!(times(&server, &status_write), writes);
+    assert_eq!(times(&server, &reconcile), reconciles, "a reconcile loop");
     assert_eq!(writes, 2, "Provisioning, then Ready");
 
     stop.cancel();
