@@ -9,9 +9,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::reflector::Store;
-use kube::{Resource, ResourceExt};
 use moltbot_crds::conditions::{
     ACTION_REQUIRED, CONNECTED, ConditionStatus, DEGRADED, READY, Time, new_condition,
     set_condition,
@@ -22,10 +22,9 @@ use moltbot_crds::{
 };
 use moltbot_protocol::event::ConnectionState as GatewayState;
 use moltbot_protocol::inbox::{ConnectionStatusView, GatewayStatus};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::reconcile::{Context, FIELD_MANAGER, is_paused};
+use crate::reconcile::{self, Context, api, apply_status, is_paused};
 
 /// How long one gateway may take to answer.
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,13 +32,8 @@ const POLL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why one gateway's health could not be read or reported.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("cannot {verb} {object}: {source}")]
-    Api {
-        verb: &'static str,
-        object: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error(transparent)]
+    Api(#[from] reconcile::Error),
     #[error("Secret {namespace}/{CREDENTIALS_SECRET} holds no inbox token")]
     NoToken { namespace: String },
 }
@@ -118,39 +112,20 @@ pub async fn poll_tenant(
         if connection.status.as_ref() == Some(&next) {
             continue;
         }
-        let name = connection.name_any();
         let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({
-            "apiVersion": Connection::api_version(&()),
-            "kind": Connection::kind(&()),
-            "status": next,
-        });
-        connections
-            .patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map_err(|source| HealthError::Api {
-                verb: "write the status of",
-                object: format!("Connection {namespace}/{name}"),
-                source,
-            })?;
+        apply_status(&connections, &connection, &next).await?;
     }
     Ok(())
 }
 
 async fn inbox_token(ctx: &Context, namespace: &str) -> Result<String, HealthError> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets
-        .get_opt(CREDENTIALS_SECRET)
-        .await
-        .map_err(|source| HealthError::Api {
-            verb: "read",
-            object: format!("Secret {namespace}/{CREDENTIALS_SECRET}"),
-            source,
-        })?;
+    let secret = api(
+        "read",
+        || format!("Secret {namespace}/{CREDENTIALS_SECRET}"),
+        secrets.get_opt(CREDENTIALS_SECRET),
+    )
+    .await?;
     secret
         .and_then(|s| s.data?.remove(INBOX_TOKEN_KEY))
         .and_then(|token| String::from_utf8(token.0).ok())

@@ -159,21 +159,15 @@ async fn controllers(
     // reconciled before their cache is filled.
     let (connections, connection_writer) = reflector::store::<Connection>();
     let (to_tenants, from_connections) = tokio::sync::mpsc::channel(1024);
-    let connection_watch = watcher(
-        Api::<Connection>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect(connection_writer)
-    .touched_objects()
-    .for_each(move |event| {
-        if let Some(tenant) = event.ok().as_ref().and_then(tenant_of) {
-            // A full queue drops the trigger; the hourly resync covers it.
-            let _ = to_tenants.try_send(tenant);
-        }
-        std::future::ready(())
-    });
+    let connection_watch = cached(Api::<Connection>::all(client.clone()), connection_writer)
+        .touched_objects()
+        .for_each(move |event| {
+            if let Some(tenant) = event.ok().as_ref().and_then(tenant_of) {
+                // A full queue drops the trigger; the hourly resync covers it.
+                let _ = to_tenants.try_send(tenant);
+            }
+            std::future::ready(())
+        });
     tokio::spawn(stopped_by(stop.clone(), connection_watch));
     tokio::select! {
         () = stop.cancelled() => return,
@@ -185,22 +179,16 @@ async fn controllers(
         });
 
     let (tenants, tenant_writer) = reflector::store::<Tenant>();
-    let tenant_changes = watcher(
-        Api::<Tenant>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .modify(slim)
-    .reflect(tenant_writer)
-    .inspect(move |event| {
-        // Not `Store::wait_until_ready`: it wakes only its latest waiter, and the
-        // controller waits on the same store.
-        if let Ok(watcher::Event::InitDone) = event {
-            readiness.set_synced();
-        }
-    })
-    .applied_objects()
-    .predicate_filter(tenant_trigger, Default::default());
+    let tenant_changes = cached(Api::<Tenant>::all(client.clone()), tenant_writer)
+        .inspect(move |event| {
+            // Not `Store::wait_until_ready`: it wakes only its latest waiter, and the
+            // controller waits on the same store.
+            if let Ok(watcher::Event::InitDone) = event {
+                readiness.set_synced();
+            }
+        })
+        .applied_objects()
+        .predicate_filter(tenant_trigger, Default::default());
     // Metadata only: a gateway's rollout is read from the apply's answer; the watch only
     // says when to look again.
     let gateways = watcher(
@@ -247,6 +235,26 @@ async fn stopped_by(stop: CancellationToken, work: impl Future<Output = ()>) {
         () = stop.cancelled() => {}
         () = work => {}
     }
+}
+
+/// A watch of every `K`, kept in `writer`'s store slimmed.
+fn cached<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer)
 }
 
 /// Drops what the operator never reads from cached objects: managedFields and kubectl's

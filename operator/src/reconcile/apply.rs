@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use moltbot_crds::conditions::Time;
@@ -18,10 +18,9 @@ use moltbot_crds::{
     CREDENTIALS_SECRET, Connection, ConnectionCounts, ConnectionState, Tenant, tenant_namespace,
 };
 use rand::Rng;
-use serde_json::json;
 
 use super::status::{Outcome, Rollout, next_status};
-use super::{Context, Error, FIELD_MANAGER, RESYNC, api, apply_object, events, is_paused};
+use super::{Context, Error, RESYNC, api, apply_object, apply_status, events, is_paused};
 use crate::build;
 use crate::build::{
     CredentialsCheck, DATA_VOLUME, Desired, TenantCredentials, check_credentials,
@@ -202,23 +201,7 @@ async fn write_status(
     if tenant.status.as_ref() == Some(&status) {
         return Ok(());
     }
-    let name = tenant.name_any();
-    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    let patch = json!({
-        "apiVersion": Tenant::api_version(&()),
-        "kind": Tenant::kind(&()),
-        "status": status,
-    });
-    api(
-        "write the status of",
-        || format!("Tenant {name}"),
-        tenants.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        ),
-    )
-    .await?;
+    apply_status(&Api::<Tenant>::all(ctx.client.clone()), tenant, &status).await?;
     for event in events::transitions(tenant.status.as_ref(), &status) {
         events::publish(ctx, &tenant.object_ref(&()), &event).await;
     }

@@ -150,7 +150,7 @@ impl Error {
 }
 
 /// Runs `call`, naming what it did in its error.
-async fn api<T>(
+pub(crate) async fn api<T>(
     verb: &'static str,
     object: impl FnOnce() -> String,
     call: impl Future<Output = kube::Result<T>>,
@@ -178,6 +178,33 @@ where
         ),
     )
     .await
+}
+
+/// Writes `status` into `object`'s status subresource by server-side apply.
+pub(crate) async fn apply_status<K>(
+    api_: &Api<K>,
+    object: &K,
+    status: &impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api(
+        "write the status of",
+        || describe(object),
+        api_.patch_status(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        ),
+    )
+    .await?;
+    Ok(())
 }
 
 /// `Kind namespace/name` or `Kind name`, for errors and logs.

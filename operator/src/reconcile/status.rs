@@ -94,18 +94,16 @@ pub fn next_status(
                 "cloud.moltbot.com/paused is true: the operator changes nothing",
             );
         }
-        Outcome::Invalid { message } => {
+        Outcome::Invalid { message } | Outcome::ApplyFailed { message } => {
+            // An invalid spec waits for a new one; a refused apply is retried.
+            let (reason, retrying, progress) = match outcome {
+                Outcome::Invalid { .. } => ("InvalidSpec", false, "nothing was applied"),
+                _ => ("ApplyFailed", true, "retrying with backoff"),
+            };
             set(RECONCILE_PAUSED, false, "Reconciling", "");
-            set(DEGRADED, true, "InvalidSpec", message);
-            set(PROGRESSING, false, "InvalidSpec", "nothing was applied");
-            set(READY, false, "InvalidSpec", message);
-            set(SUSPENDED, suspended, suspended_reason(suspended), "");
-        }
-        Outcome::ApplyFailed { message } => {
-            set(RECONCILE_PAUSED, false, "Reconciling", "");
-            set(DEGRADED, true, "ApplyFailed", message);
-            set(PROGRESSING, true, "ApplyFailed", "retrying with backoff");
-            set(READY, false, "ApplyFailed", message);
+            set(DEGRADED, true, reason, message);
+            set(PROGRESSING, retrying, reason, progress);
+            set(READY, false, reason, message);
             set(SUSPENDED, suspended, suspended_reason(suspended), "");
         }
         Outcome::Applied {

@@ -8,12 +8,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use moltbot_crds::TenantStatus;
+use moltbot_crds::{Tenant, TenantStatus};
 use moltbot_operator::health::poll_tenant;
 use moltbot_protocol::event::{Channel, ConnectionState};
 use moltbot_protocol::inbox::{AgentMode, AgentStatusView, ConnectionStatusView, GatewayStatus};
 
-use crate::support::{cluster, condition, core, fixture, lines, with_stored_connections};
+use crate::support::{assert_condition, cluster, core, fixture, lines, with_stored_connections};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -70,6 +70,14 @@ async fn gateway() -> SocketAddr {
     address
 }
 
+/// The Tenant's gateway as its status names it.
+fn serve_at(tenant: &mut Tenant, endpoint: impl Into<String>) {
+    tenant.status = Some(TenantStatus {
+        endpoint: Some(endpoint.into()),
+        ..TenantStatus::default()
+    });
+}
+
 fn credentials() -> Secret {
     let mut secret = Secret::default();
     secret.metadata.name = Some("gateway-credentials".into());
@@ -89,10 +97,7 @@ async fn connections_get_the_gateways_word_and_unchanged_health_writes_nothing()
     let address = gateway().await;
     let alice = fixture("alice.yaml");
     let (ctx, server, mut tenant) = cluster(&alice);
-    tenant.status = Some(TenantStatus {
-        endpoint: Some(format!("http://{address}")),
-        ..TenantStatus::default()
-    });
+    serve_at(&mut tenant, format!("http://{address}"));
     server.put(
         &core("tenant-alice", "secrets/gateway-credentials"),
         credentials(),
@@ -122,31 +127,16 @@ async fn connections_get_the_gateways_word_and_unchanged_health_writes_nothing()
         );
     }
     let discord = &seen[1].body["status"];
-    assert_eq!(
-        condition(discord, "Ready"),
-        ("False".into(), "NotServed".into())
-    );
+    assert_condition(discord, "Ready", "False", "NotServed");
     let telegram = &seen[2].body["status"];
     assert_eq!(telegram["state"], "action_required");
     assert_eq!(telegram["reason"], "the bot token was revoked");
     assert_eq!(telegram["lastEventTime"], "2026-12-03T06:00:00Z");
-    assert_eq!(
-        condition(telegram, "ActionRequired"),
-        ("True".into(), "ActionRequired".into())
-    );
-    assert_eq!(
-        condition(telegram, "Connected"),
-        ("False".into(), "ActionRequired".into())
-    );
+    assert_condition(telegram, "ActionRequired", "True", "ActionRequired");
+    assert_condition(telegram, "Connected", "False", "ActionRequired");
     let webchat = &seen[3].body["status"];
-    assert_eq!(
-        condition(webchat, "Connected"),
-        ("True".into(), "Connected".into())
-    );
-    assert_eq!(
-        condition(webchat, "Ready"),
-        ("True".into(), "Connected".into())
-    );
+    assert_condition(webchat, "Connected", "True", "Connected");
+    assert_condition(webchat, "Ready", "True", "Connected");
 
     // The cache now holds what was written: the next poll finds nothing to change.
     let ctx = with_stored_connections(&server, &alice, ctx);
@@ -165,10 +155,7 @@ async fn an_unreachable_gateway_makes_health_unknown() {
     let alice = fixture("alice.yaml");
     let (ctx, server, mut tenant) = cluster(&alice);
     // Nothing listens on port 9 of loopback.
-    tenant.status = Some(TenantStatus {
-        endpoint: Some("http://127.0.0.1:9".into()),
-        ..TenantStatus::default()
-    });
+    serve_at(&mut tenant, "http://127.0.0.1:9");
     server.put(
         &core("tenant-alice", "secrets/gateway-credentials"),
         credentials(),
@@ -180,10 +167,7 @@ async fn an_unreachable_gateway_makes_health_unknown() {
     assert_eq!(seen.len(), 4, "{:?}", lines(&seen));
     for write in &seen[1..] {
         let status = &write.body["status"];
-        assert_eq!(
-            condition(status, "Ready"),
-            ("Unknown".into(), "GatewayUnreachable".into())
-        );
+        assert_condition(status, "Ready", "Unknown", "GatewayUnreachable");
         assert_eq!(status["state"], "unknown");
     }
 }
@@ -192,10 +176,7 @@ async fn an_unreachable_gateway_makes_health_unknown() {
 async fn a_suspended_tenant_is_not_polled() {
     let carol = fixture("carol.yaml");
     let (ctx, server, mut tenant) = cluster(&carol);
-    tenant.status = Some(TenantStatus {
-        endpoint: Some("http://127.0.0.1:9".into()),
-        ..TenantStatus::default()
-    });
+    serve_at(&mut tenant, "http://127.0.0.1:9");
     poll_tenant(&ctx, &reqwest::Client::new(), &tenant)
         .await
         .unwrap();

@@ -13,7 +13,8 @@ use moltbot_operator::reconcile::{error_policy, reconcile};
 use serde_json::{Value, json};
 
 use crate::support::{
-    cluster, condition, core, events, fixture, lines, request, stored_tenant, tenant_path,
+    assert_condition, cluster, core, events, fixture, lines, only_status_and_event, request,
+    stored_tenant, tenant_path,
 };
 
 const NS: &str = "tenant-alice";
@@ -127,22 +128,10 @@ async fn a_new_tenant_gets_every_object_by_server_side_apply_then_its_status() {
     assert_eq!(status["phase"], "Provisioning");
     assert_eq!(status["connections"]["total"], 3);
     assert_eq!(status["connections"]["summary"], "0/3");
-    assert_eq!(
-        condition(status, "Ready"),
-        ("False".into(), "GatewayStarting".into())
-    );
-    assert_eq!(
-        condition(status, "Progressing"),
-        ("True".into(), "RollingOut".into())
-    );
-    assert_eq!(
-        condition(status, "Degraded"),
-        ("False".into(), "AsExpected".into())
-    );
-    assert_eq!(
-        condition(status, "Suspended"),
-        ("False".into(), "Active".into())
-    );
+    assert_condition(status, "Ready", "False", "GatewayStarting");
+    assert_condition(status, "Progressing", "True", "RollingOut");
+    assert_condition(status, "Degraded", "False", "AsExpected");
+    assert_condition(status, "Suspended", "False", "Active");
     for c in status["conditions"].as_array().unwrap() {
         assert_eq!(c["observedGeneration"], 3, "{c}");
     }
@@ -258,19 +247,8 @@ async fn a_paused_tenant_only_gets_its_status() {
     let action = reconcile(Arc::new(tenant), ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
     let seen = server.take();
-    assert_eq!(
-        lines(&seen),
-        [
-            format!("PATCH {}/status", tenant_path("alice")),
-            format!("POST {EVENTS}"),
-        ]
-    );
-    let status = &seen[0].body["status"];
-    assert!(seen[0].is_operator_apply());
-    assert_eq!(
-        condition(status, "ReconcilePaused"),
-        ("True".into(), "PausedByAnnotation".into())
-    );
+    let status = only_status_and_event(&seen, "alice");
+    assert_condition(status, "ReconcilePaused", "True", "PausedByAnnotation");
     assert_eq!(status["phase"], "Paused");
     assert!(
         status.get("observedGeneration").is_none(),
@@ -314,18 +292,9 @@ async fn a_suspended_tenant_keeps_its_objects_with_no_gateway_pod() {
     .body;
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "40Gi");
     let status = &request(&seen, &format!("PATCH {}/status", tenant_path("carol"))).body["status"];
-    assert_eq!(
-        condition(status, "Suspended"),
-        ("True".into(), "Suspended".into())
-    );
-    assert_eq!(
-        condition(status, "Ready"),
-        ("False".into(), "Suspended".into())
-    );
-    assert_eq!(
-        condition(status, "Progressing"),
-        ("False".into(), "Suspended".into())
-    );
+    assert_condition(status, "Suspended", "True", "Suspended");
+    assert_condition(status, "Ready", "False", "Suspended");
+    assert_condition(status, "Progressing", "False", "Suspended");
     assert_eq!(status["phase"], "Suspended");
     assert_eq!(
         events(&seen),
@@ -359,22 +328,9 @@ async fn an_invalid_tenant_is_degraded_with_a_warning_and_nothing_applied() {
         "no retry loop on a spec only a person can fix"
     );
     let seen = server.take();
-    assert_eq!(
-        lines(&seen),
-        [
-            format!("PATCH {}/status", tenant_path("bob")),
-            format!("POST {EVENTS}"),
-        ]
-    );
-    let status = &seen[0].body["status"];
-    assert_eq!(
-        condition(status, "Degraded"),
-        ("True".into(), "InvalidSpec".into())
-    );
-    assert_eq!(
-        condition(status, "Ready"),
-        ("False".into(), "InvalidSpec".into())
-    );
+    let status = only_status_and_event(&seen, "bob");
+    assert_condition(status, "Degraded", "True", "InvalidSpec");
+    assert_condition(status, "Ready", "False", "InvalidSpec");
     assert_eq!(status["phase"], "Degraded");
     assert_eq!(events(&seen), [("Warning".into(), "InvalidSpec".into())]);
     let note = seen[1].body["note"].as_str().unwrap();
@@ -411,10 +367,7 @@ async fn a_refused_apply_says_so_in_status_and_backs_off() {
         ]
     );
     let status = &seen[refused + 1].body["status"];
-    assert_eq!(
-        condition(status, "Degraded"),
-        ("True".into(), "ApplyFailed".into())
-    );
+    assert_condition(status, "Degraded", "True", "ApplyFailed");
     assert_eq!(
         events(&seen),
         [

@@ -142,18 +142,33 @@ pub fn request<'a>(seen: &'a [Seen], line: &str) -> &'a Seen {
     found
 }
 
-/// The condition `type_` of a status body, as (status, reason).
-pub fn condition(status: &Value, type_: &str) -> (String, String) {
+/// Asserts that a status body has the condition `type_` with this status and reason.
+pub fn assert_condition(status: &Value, type_: &str, expected: &str, reason: &str) {
     let condition = status["conditions"]
         .as_array()
         .expect("conditions")
         .iter()
         .find(|c| c["type"] == type_)
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"));
-    (
-        condition["status"].as_str().unwrap().to_string(),
-        condition["reason"].as_str().unwrap().to_string(),
-    )
+    assert_eq!(
+        (condition["status"].as_str(), condition["reason"].as_str()),
+        (Some(expected), Some(reason)),
+        "{type_}"
+    );
+}
+
+/// Asserts that `seen` is one status write of Tenant `tenant` and one event, and returns
+/// the status written.
+pub fn only_status_and_event<'a>(seen: &'a [Seen], tenant: &str) -> &'a Value {
+    assert_eq!(
+        lines(seen),
+        [
+            format!("PATCH {}/status", tenant_path(tenant)),
+            "POST /apis/events.k8s.io/v1/namespaces/default/events".to_string(),
+        ]
+    );
+    assert!(seen[0].is_operator_apply());
+    &seen[0].body["status"]
 }
 
 /// The events posted, as (type, reason).
