@@ -130,8 +130,11 @@ pub async fn run(
                 );
                 lost_lease = lost;
                 readiness.set_leading(false);
+            } else {
+                drop(leading);
             }
-            // Dropping the last receiver makes the manager release the Lease.
+            // Dropping the receiver (above, or with `watch_lease`) makes the manager
+            // release the Lease, if held, and end.
             match lease_task.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "cannot release the Lease"),

@@ -251,7 +251,16 @@ impl State {
                 None if is_collection(path) => (StatusCode::OK, self.list(path)),
                 None => status(StatusCode::NOT_FOUND, "NotFound"),
             },
-            ("POST", _) => (StatusCode::CREATED, seen.body.clone()),
+            ("POST", _) if path.ends_with("/events") => (StatusCode::CREATED, seen.body.clone()),
+            ("POST", _) => {
+                let name = seen.body["metadata"]["name"].as_str().unwrap_or_default();
+                let object_path = format!("{path}/{name}");
+                if self.objects.contains_key(&object_path) {
+                    return status(StatusCode::CONFLICT, "AlreadyExists");
+                }
+                let (_, object) = self.write(&object_path, seen.body.clone());
+                (StatusCode::CREATED, object)
+            }
             ("DELETE", _) => match self.objects.remove(path) {
                 Some(object) => {
                     self.notify(path, "DELETED", &object);
@@ -274,7 +283,11 @@ impl State {
                 }
                 self.write(path, object)
             }
-            ("PATCH", "application/merge-patch+json") => {
+            // Strategic merge is a merge patch for the maps the operator's Lease has.
+            (
+                "PATCH",
+                "application/merge-patch+json" | "application/strategic-merge-patch+json",
+            ) => {
                 let Some(mut object) = self.objects.get(path).cloned() else {
                     return status(StatusCode::NOT_FOUND, "NotFound");
                 };
@@ -297,7 +310,7 @@ impl State {
 fn is_collection(path: &str) -> bool {
     matches!(
         path.rsplit('/').next(),
-        Some("tenants" | "connections" | "statefulsets")
+        Some("tenants" | "connections" | "statefulsets" | "leases")
     )
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use moltbot_crds::Tenant;
 use moltbot_crds::conditions::{READY, is_condition_true};
 use moltbot_operator::OperatorSettings;
-use moltbot_operator::run::{RunOptions, run};
+use moltbot_operator::run::{LeaderElection, RunOptions, run};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -109,5 +109,110 @@ async fn a_tenant_goes_from_first_sight_to_ready_and_the_operator_stops_on_reque
     assert!(
         matches!(stopped, Ok(Ok(Ok(())))),
         "the operator stops cleanly: {stopped:?}"
+    );
+}
+
+/// The operator with leader election, as replica `identity`, and its admin address.
+fn with_lease(
+    client: kube::Client,
+    identity: &str,
+    stop: &CancellationToken,
+) -> (
+    tokio::task::JoinHandle<Result<(), moltbot_operator::run::RunError>>,
+    std::net::SocketAddr,
+) {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let options = RunOptions {
+        settings: OperatorSettings::default(),
+        concurrency: 4,
+        health_interval: Duration::from_secs(3600),
+        admin,
+        leader_election: Some(LeaderElection {
+            namespace: "moltbot-system".into(),
+            lease: "moltbot-operator".into(),
+        }),
+        identity: identity.into(),
+    };
+    (tokio::spawn(run(client, options, stop.clone())), admin)
+}
+
+const LEASE: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/moltbot-system/leases/moltbot-operator";
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_it_lets_go_when_stopped() {
+    let alice = fixture("alice.yaml");
+    let (client, server) = ApiServer::start();
+    server.put(&tenant_path("alice"), &alice.tenant);
+    let stop = CancellationToken::new();
+    let (running, admin) = with_lease(client, "moltbot-operator-0", &stop);
+
+    eventually("the Lease", || async {
+        server
+            .get(LEASE)
+            .is_some_and(|l| l["spec"]["holderIdentity"] == "moltbot-operator-0")
+    })
+    .await;
+    eventually("/ready", || async {
+        let ready = reqwest::get(format!("http://{admin}/ready")).await;
+        ready.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    eventually("the first status", || async {
+        status_of(&server).is_some()
+    })
+    .await;
+
+    stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    let lease = server.get(LEASE).unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "the Lease is released: {lease}"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_replica_is_alive_but_not_ready_and_writes_nothing() {
+    let alice = fixture("alice.yaml");
+    let (client, server) = ApiServer::start();
+    server.put(&tenant_path("alice"), &alice.tenant);
+    let renewed = k8s_openapi::jiff::Timestamp::now().to_string();
+    server.put(
+        LEASE,
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "moltbot-operator", "namespace": "moltbot-system"},
+            "spec": {"holderIdentity": "moltbot-operator-1", "leaseDurationSeconds": 3600,
+                     "acquireTime": renewed, "renewTime": renewed},
+        }),
+    );
+    let stop = CancellationToken::new();
+    let (running, admin) = with_lease(client, "moltbot-operator-0", &stop);
+
+    eventually("/live", || async {
+        let live = reqwest::get(format!("http://{admin}/live")).await;
+        live.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ready = reqwest::get(format!("http://{admin}/ready")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let tenant_writes = lines(&server.seen())
+        .into_iter()
+        .filter(|l| l.contains("/tenants/") && !l.starts_with("GET"))
+        .count();
+    assert_eq!(tenant_writes, 0, "a standby touches no Tenant");
+
+    stop.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), running).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    assert_eq!(
+        server.get(LEASE).unwrap()["spec"]["holderIdentity"],
+        "moltbot-operator-1"
     );
 }
