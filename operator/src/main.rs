@@ -102,9 +102,10 @@ struct Args {
     /// The Lease's namespace: the operator's own.
     #[arg(long, env = "POD_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
     lease_namespace: String,
-    /// This replica's name in the Lease and in events.
-    #[arg(long, env = "POD_NAME", default_value = "moltbot-operator")]
-    identity: String,
+    /// This replica's name in the Lease and in events; unset: `HOSTNAME` (a pod's name),
+    /// which keeps two replicas apart.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Print the settings as JSON and exit.
     #[arg(long)]
     print_settings: bool,
@@ -177,7 +178,11 @@ async fn main() -> anyhow::Result<()> {
             namespace: args.lease_namespace.clone(),
             lease: args.lease.clone(),
         }),
-        identity: args.identity.clone(),
+        identity: args
+            .identity
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "moltbot-operator".into()),
     };
     run(client, options, stop).await?;
     Ok(())
