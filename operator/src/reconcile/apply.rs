@@ -19,6 +19,7 @@ use moltbot_crds::{
 };
 use rand::Rng;
 
+use super::cleanup::keep_or_release_volume;
 use super::status::{Outcome, Rollout, next_status};
 use super::{Context, Error, RESYNC, api, apply_object, apply_status, events, is_paused};
 use crate::build;
@@ -120,6 +121,12 @@ async fn apply_objects(
         .collect();
 
     apply_object::<PersistentVolumeClaim>(&ns.api(), &desired.persistent_volume_claim).await?;
+    // Now rather than only at deletion: a foreground delete of the Tenant lets the
+    // garbage collector remove the namespace, and with it the claim, before the
+    // finalizer's cleanup runs.
+    if let Some(claim) = &claim {
+        keep_or_release_volume(tenant, ctx, claim).await?;
+    }
     apply_object::<Service>(&ns.api(), &desired.service).await?;
     let stateful_set = apply_object::<StatefulSet>(&ns.api(), &desired.stateful_set).await?;
     Ok(Outcome::Applied {

@@ -16,10 +16,6 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
     let name = tenant.name_any();
     let namespace = tenant_namespace(&name);
     let client = &ctx.client;
-    let merge = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
 
     // The gateway gets its SIGTERM and checkpoints its database before the volume's fate
     // is decided. A merge patch, since an apply of only the replicas would drop the rest
@@ -28,7 +24,7 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
     let scaled = stateful_sets
         .patch(
             GATEWAY,
-            &merge,
+            &merge_as_operator(),
             &Patch::Merge(json!({"spec": {"replicas": 0}})),
         )
         .await;
@@ -43,26 +39,8 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
         claims.get_opt(DATA_VOLUME),
     )
     .await?;
-    let volume = claim
-        .and_then(|c| c.spec?.volume_name)
-        .filter(|v| !v.is_empty());
-    if let Some(volume) = volume {
-        let policy = if tenant.spec.retain_data_on_delete {
-            "Retain"
-        } else {
-            "Delete"
-        };
-        // The label finds a kept volume again, e.g. to restore or export it.
-        let patch = json!({
-            "metadata": {"labels": {TENANT_LABEL: name}},
-            "spec": {"persistentVolumeReclaimPolicy": policy},
-        });
-        let volumes: Api<PersistentVolume> = Api::all(client.clone());
-        let patched = volumes.patch(&volume, &merge, &Patch::Merge(&patch)).await;
-        ignore_missing(patched, "set the reclaim policy of", || {
-            format!("PersistentVolume {volume}")
-        })?;
-        tracing::info!(tenant = %name, %volume, policy, "volume reclaim policy set");
+    if let Some(claim) = &claim {
+        keep_or_release_volume(tenant, ctx, claim).await?;
     }
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -72,6 +50,49 @@ pub(super) async fn cleanup(tenant: &Tenant, ctx: &Context) -> Result<Action, Er
     ignore_missing(deleted, "delete", || format!("Namespace {namespace}"))?;
     tracing::info!(tenant = %name, "tenant cleaned up");
     Ok(Action::await_change())
+}
+
+/// Sets the reclaim policy of the claim's volume, if it is bound, to what the Tenant's
+/// `retainDataOnDelete` asks: `Retain` keeps the data once the claim goes, `Delete`
+/// lets it go with it. A patch that changes nothing writes nothing.
+pub(super) async fn keep_or_release_volume(
+    tenant: &Tenant,
+    ctx: &Context,
+    claim: &PersistentVolumeClaim,
+) -> Result<(), Error> {
+    let volume = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|v| !v.is_empty());
+    let Some(volume) = volume else {
+        return Ok(());
+    };
+    let policy = if tenant.spec.retain_data_on_delete {
+        "Retain"
+    } else {
+        "Delete"
+    };
+    // The label finds a kept volume again, e.g. to restore or export it.
+    let patch = json!({
+        "metadata": {"labels": {TENANT_LABEL: tenant.name_any()}},
+        "spec": {"persistentVolumeReclaimPolicy": policy},
+    });
+    let volumes: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let patched = volumes
+        .patch(volume, &merge_as_operator(), &Patch::Merge(&patch))
+        .await;
+    ignore_missing(patched, "set the reclaim policy of", || {
+        format!("PersistentVolume {volume}")
+    })
+}
+
+/// A merge patch by the operator's field manager.
+fn merge_as_operator() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
 }
 
 /// A missing object needs no cleanup.

@@ -479,3 +479,35 @@ async fn deleting_a_tenant_that_drops_its_data_deletes_the_volume_with_the_claim
     let (_, volume) = delete_alice(false).await;
     assert_eq!(volume["spec"]["persistentVolumeReclaimPolicy"], "Delete");
 }
+
+#[tokio::test]
+async fn a_bound_volume_is_kept_from_the_start_when_the_tenant_keeps_its_data() {
+    let alice = fixture("alice.yaml");
+    let (ctx, server, tenant) = cluster(&alice);
+    let claim = core(NS, "persistentvolumeclaims/gateway-data");
+    server.put(
+        &claim,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+               "metadata": {"name": "gateway-data", "namespace": NS},
+               "spec": {"volumeName": "pv-alice", "resources": {"requests": {"storage": "10Gi"}}}}),
+    );
+    let volume = "/api/v1/persistentvolumes/pv-alice";
+    server.put(
+        volume,
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-alice"},
+               "spec": {"persistentVolumeReclaimPolicy": "Delete"}}),
+    );
+    reconcile(Arc::new(tenant), ctx).await.unwrap();
+    let lines = lines(&server.take());
+    let applied = lines
+        .iter()
+        .position(|l| *l == format!("PATCH {claim}"))
+        .unwrap();
+    assert_eq!(lines[applied + 1], format!("PATCH {volume}"));
+    let kept = server.get(volume).unwrap();
+    assert_eq!(kept["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(
+        kept["metadata"]["labels"]["cloud.moltbot.com/tenant"],
+        "alice"
+    );
+}
