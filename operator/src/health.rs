@@ -1,7 +1,8 @@
 //! Connection status, from the gateways themselves: gateway pods have no API access, so
 //! the operator polls each serving gateway's `GET /status` (with the tenant's inbox
-//! token) at an interval and writes a Connection's status only when it changed. A
-//! changed Connection status then triggers its Tenant's reconcile, which recounts.
+//! token) at an interval and writes a Connection's status only when it changed, with an
+//! event when it now needs a person, is degraded or connected again. A changed
+//! Connection status then triggers its Tenant's reconcile, which recounts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +10,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 use moltbot_crds::conditions::{
     ACTION_REQUIRED, CONNECTED, ConditionStatus, DEGRADED, READY, Time, new_condition,
     set_condition,
@@ -24,7 +25,7 @@ use moltbot_protocol::event::ConnectionState as GatewayState;
 use moltbot_protocol::inbox::{ConnectionStatusView, GatewayStatus};
 use tokio_util::sync::CancellationToken;
 
-use crate::reconcile::{self, Context, api, apply_status, is_paused};
+use crate::reconcile::{self, Context, api, apply_status, events, is_paused};
 
 /// How long one gateway may take to answer.
 const POLL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,6 +115,13 @@ pub async fn poll_tenant(
         }
         let connections: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
         apply_status(&connections, &connection, &next).await?;
+        let old = connection
+            .status
+            .as_ref()
+            .map_or(&[][..], |s| &s.conditions[..]);
+        for event in events::transitions(old, &next.conditions, events::CONNECTION_EVENTS) {
+            events::publish(ctx, &connection.object_ref(&()), &event).await;
+        }
     }
     Ok(())
 }

@@ -209,7 +209,11 @@ async fn write_status(
         return Ok(());
     }
     apply_status(&Api::<Tenant>::all(ctx.client.clone()), tenant, &status).await?;
-    for event in events::transitions(tenant.status.as_ref(), &status) {
+    let old = tenant
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| &s.conditions[..]);
+    for event in events::transitions(old, &status.conditions, events::TENANT_EVENTS) {
         events::publish(ctx, &tenant.object_ref(&()), &event).await;
     }
     Ok(())

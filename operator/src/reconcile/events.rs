@@ -1,18 +1,18 @@
-//! Events (events.k8s.io) on a Tenant's transitions and on failures. Their notes come
+//! Events (events.k8s.io) on Tenants' and Connections' transitions and on failures. Their notes come
 //! from conditions and errors, which never hold a secret value.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
-use moltbot_crds::TenantStatus;
 use moltbot_crds::conditions::{
-    ConditionStatus, DEGRADED, READY, RECONCILE_PAUSED, SUSPENDED, find_condition,
+    ACTION_REQUIRED, CONNECTED, Condition, ConditionStatus, DEGRADED, READY, RECONCILE_PAUSED,
+    SUSPENDED, find_condition,
 };
 
 use super::{Context, Error};
 
 /// Publishes `event`; a failure is logged, not returned: events are for people, and a
 /// refused event must not fail a reconcile that did its work.
-pub(super) async fn publish(ctx: &Context, regarding: &ObjectReference, event: &Event) {
+pub(crate) async fn publish(ctx: &Context, regarding: &ObjectReference, event: &Event) {
     if let Err(error) = ctx.recorder.publish(event, regarding).await {
         tracing::warn!(reason = %event.reason, %error, "cannot publish an event");
     }
@@ -48,26 +48,40 @@ pub(super) fn credentials(rotated: bool) -> Event {
     }
 }
 
-/// The events of the conditions that turned true between `old` and `new` (and of a
-/// Degraded condition whose reason changed).
-pub(super) fn transitions(old: Option<&TenantStatus>, new: &TenantStatus) -> Vec<Event> {
-    let was = |type_: &str| {
-        old.and_then(|s| find_condition(&s.conditions, type_))
+/// The conditions of a Tenant that make an event when they turn true, and whether it
+/// is a warning.
+pub(crate) const TENANT_EVENTS: &[(&str, bool)] = &[
+    (DEGRADED, true),
+    (READY, false),
+    (SUSPENDED, false),
+    (RECONCILE_PAUSED, false),
+];
+
+/// The same for a Connection: a person should hear of a channel that needs them.
+pub(crate) const CONNECTION_EVENTS: &[(&str, bool)] = &[
+    (ACTION_REQUIRED, true),
+    (DEGRADED, true),
+    (CONNECTED, false),
+];
+
+/// The events of the conditions among `types` that turned true between `old` and `new`
+/// (and of one whose reason changed while true).
+pub(crate) fn transitions(
+    old: &[Condition],
+    new: &[Condition],
+    types: &[(&str, bool)],
+) -> Vec<Event> {
+    let true_in = |conditions: &'_ [Condition], type_: &str| {
+        find_condition(conditions, type_)
             .filter(|c| c.status == ConditionStatus::True.as_str())
+            .cloned()
     };
     let mut events = Vec::new();
-    for (type_, warning) in [
-        (DEGRADED, true),
-        (READY, false),
-        (SUSPENDED, false),
-        (RECONCILE_PAUSED, false),
-    ] {
-        let Some(now) = find_condition(&new.conditions, type_)
-            .filter(|c| c.status == ConditionStatus::True.as_str())
-        else {
+    for &(type_, warning) in types {
+        let Some(now) = true_in(new, type_) else {
             continue;
         };
-        if was(type_).is_some_and(|before| before.reason == now.reason) {
+        if true_in(old, type_).is_some_and(|before| before.reason == now.reason) {
             continue;
         }
         events.push(Event {

@@ -7,7 +7,7 @@
 
 mod apply;
 mod cleanup;
-mod events;
+pub(crate) mod events;
 mod status;
 
 use std::collections::HashMap;

@@ -13,8 +13,11 @@ use moltbot_operator::health::poll_tenant;
 use moltbot_protocol::event::{Channel, ConnectionState};
 use moltbot_protocol::inbox::{AgentMode, AgentStatusView, ConnectionStatusView, GatewayStatus};
 
-use crate::support::{assert_condition, cluster, core, fixture, lines, with_stored_connections};
+use crate::support::{
+    assert_condition, cluster, core, events, fixture, lines, with_stored_connections,
+};
 
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/tenant-alice/events";
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
 fn gateway_status() -> GatewayStatus {
@@ -116,11 +119,26 @@ async fn connections_get_the_gateways_word_and_unchanged_health_writes_nothing()
             ),
             format!("PATCH {connections}/discord/status"),
             format!("PATCH {connections}/telegram/status"),
+            format!("POST {EVENTS}"),
             format!("PATCH {connections}/webchat/status"),
+            format!("POST {EVENTS}"),
         ]
     );
+    assert_eq!(
+        events(&seen),
+        [
+            ("Warning".into(), "ActionRequired".into()),
+            ("Normal".into(), "Connected".into())
+        ]
+    );
+    assert_eq!(seen[3].body["regarding"]["name"], "telegram");
+    assert_eq!(seen[3].body["note"], "the bot token was revoked");
     for write in &seen[1..] {
-        assert!(write.is_operator_apply(), "{}", write.line());
+        assert!(
+            write.method == "POST" || write.is_operator_apply(),
+            "{}",
+            write.line()
+        );
         assert!(
             !write.body.to_string().contains(TOKEN),
             "a status shows the token"
@@ -134,7 +152,7 @@ async fn connections_get_the_gateways_word_and_unchanged_health_writes_nothing()
     assert_eq!(telegram["lastEventTime"], "2026-12-03T06:00:00Z");
     assert_condition(telegram, "ActionRequired", "True", "ActionRequired");
     assert_condition(telegram, "Connected", "False", "ActionRequired");
-    let webchat = &seen[3].body["status"];
+    let webchat = &seen[4].body["status"];
     assert_condition(webchat, "Connected", "True", "Connected");
     assert_condition(webchat, "Ready", "True", "Connected");
 
