@@ -1,6 +1,6 @@
 //! The desired Kubernetes objects of one tenant, from its Tenant and Connections: a pure
 //! function, so that everything the operator would write is tested without a cluster.
-//! The reconciler (later) applies [`Desired`] and reports what it observed.
+//! The reconciler (`crate::reconcile`) applies [`Desired`] and reports what it observed.
 //!
 //! Ownership: the Tenant is cluster-scoped, so it may own both the cluster-scoped
 //! Namespace and every namespaced object in it. Each object carries a controller
@@ -12,6 +12,7 @@
 mod credentials;
 mod limits;
 mod network;
+mod observed;
 mod workload;
 
 use std::collections::BTreeMap;
