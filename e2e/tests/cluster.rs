@@ -286,6 +286,11 @@ impl E2e {
                     return Err(format!("{type_}: {condition:?}"));
                 }
             }
+            // The example's Secrets exist, so nothing is missing.
+            if is_condition_true(&status.conditions, conditions::DEGRADED) {
+                let degraded = find_condition(&status.conditions, conditions::DEGRADED);
+                return Err(format!("{degraded:?}"));
+            }
             if status.namespace.as_deref() != Some(namespace.as_str())
                 || status.endpoint.as_deref() != Some(desired.endpoint.as_str())
             {
