@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
 
 /// How long any one wait may take: the operator reconciles within seconds; a fresh
 /// cluster may be slow to establish CRDs or finish a namespace.
@@ -42,6 +43,12 @@ const FIELD_MANAGER: &str = "moltbot-e2e";
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs a cluster: KUBECONFIG=… cargo nextest run -p moltbot-e2e --run-ignored only"]
 async fn operator_walks_a_tenant_through_its_life() -> anyhow::Result<()> {
+    // The operator's logs, shown by nextest when the test fails.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
     let client = connect().await?;
     install_crds(&client).await?;
 
@@ -75,6 +82,10 @@ async fn operator_walks_a_tenant_through_its_life() -> anyhow::Result<()> {
         result
     };
     let (ran, result) = tokio::join!(operator, scenario);
+    if let (Err(error), Err(_)) = (&ran, &result) {
+        // The scenario's error only says that the operator stopped; this says why.
+        eprintln!("the operator failed: {error}");
+    }
     result?;
     ran.context("the operator failed")?;
     Ok(())
