@@ -23,7 +23,7 @@ use moltbot_crds::{
     PAUSED_ANNOTATION, Tenant, tenant_namespace,
 };
 use moltbot_operator::run::{RunOptions, run};
-use moltbot_operator::{OperatorSettings, build};
+use moltbot_operator::{Desired, OperatorSettings, build};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -219,61 +219,7 @@ impl E2e {
         // What the operator should have made: the same pure function it runs.
         let desired = build(&tenant, &connections, &OperatorSettings::default())
             .context("the example Tenant does not build")?;
-        self.wait_object(Api::all(self.client.clone()), &desired.namespace, |ns| {
-            let labels = ns.labels();
-            for mode in ["enforce", "audit", "warn"] {
-                let key = format!("pod-security.kubernetes.io/{mode}");
-                if labels.get(&key).map(String::as_str) != Some("restricted") {
-                    return Err(format!("{key} is {:?}", labels.get(&key)));
-                }
-            }
-            Ok(())
-        })
-        .await?;
-        self.wait_object(self.namespaced(&namespace), &desired.resource_quota, ok)
-            .await?;
-        self.wait_object(self.namespaced(&namespace), &desired.limit_range, ok)
-            .await?;
-        self.wait_object(
-            self.namespaced(&namespace),
-            &desired.service_account,
-            |sa| match sa.automount_service_account_token {
-                Some(false) => Ok(()),
-                other => Err(format!("automountServiceAccountToken is {other:?}")),
-            },
-        )
-        .await?;
-        for policy in &desired.network_policies {
-            self.wait_object(self.namespaced(&namespace), policy, ok)
-                .await?;
-        }
-        self.wait_object(self.namespaced(&namespace), &desired.config_map, ok)
-            .await?;
-        self.wait_object(
-            self.namespaced(&namespace),
-            &desired.persistent_volume_claim,
-            ok,
-        )
-        .await?;
-        self.wait_object(self.namespaced(&namespace), &desired.service, ok)
-            .await?;
-        self.wait_object(self.namespaced(&namespace), &desired.stateful_set, |sts| {
-            replicas_are(sts, 1)
-        })
-        .await?;
-        let secrets: Api<Secret> = self.namespaced(&namespace);
-        self.wait(&format!("Secret {CREDENTIALS_SECRET}"), async || {
-            let secret = get(&secrets, CREDENTIALS_SECRET).await?;
-            let data = secret.data.unwrap_or_default();
-            // Only the keys: the values are secrets.
-            let keys: Vec<&String> = data.keys().collect();
-            if data.contains_key(INBOX_TOKEN_KEY) && data.contains_key(INGRESS_HMAC_KEY) {
-                Ok(())
-            } else {
-                Err(format!("keys {keys:?}"))
-            }
-        })
-        .await?;
+        self.wait_objects(&desired, &namespace).await?;
 
         self.wait_tenant("finalizer and status of the current generation", |t| {
             let status = t.status.as_ref().ok_or("no status")?;
@@ -347,6 +293,66 @@ impl E2e {
                 Err(error) => Err(format!("cannot read it: {error}")),
             },
         )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits for every object of `desired` and for the generated credentials.
+    async fn wait_objects(&self, desired: &Desired, namespace: &str) -> anyhow::Result<()> {
+        self.wait_object(Api::all(self.client.clone()), &desired.namespace, |ns| {
+            let labels = ns.labels();
+            for mode in ["enforce", "audit", "warn"] {
+                let key = format!("pod-security.kubernetes.io/{mode}");
+                if labels.get(&key).map(String::as_str) != Some("restricted") {
+                    return Err(format!("{key} is {:?}", labels.get(&key)));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.wait_object(self.namespaced(namespace), &desired.resource_quota, ok)
+            .await?;
+        self.wait_object(self.namespaced(namespace), &desired.limit_range, ok)
+            .await?;
+        self.wait_object(
+            self.namespaced(namespace),
+            &desired.service_account,
+            |sa| match sa.automount_service_account_token {
+                Some(false) => Ok(()),
+                other => Err(format!("automountServiceAccountToken is {other:?}")),
+            },
+        )
+        .await?;
+        for policy in &desired.network_policies {
+            self.wait_object(self.namespaced(namespace), policy, ok)
+                .await?;
+        }
+        self.wait_object(self.namespaced(namespace), &desired.config_map, ok)
+            .await?;
+        self.wait_object(
+            self.namespaced(namespace),
+            &desired.persistent_volume_claim,
+            ok,
+        )
+        .await?;
+        self.wait_object(self.namespaced(namespace), &desired.service, ok)
+            .await?;
+        self.wait_object(self.namespaced(namespace), &desired.stateful_set, |sts| {
+            replicas_are(sts, 1)
+        })
+        .await?;
+        let secrets: Api<Secret> = self.namespaced(namespace);
+        self.wait(&format!("Secret {CREDENTIALS_SECRET}"), async || {
+            let secret = get(&secrets, CREDENTIALS_SECRET).await?;
+            let data = secret.data.unwrap_or_default();
+            // Only the keys: the values are secrets.
+            let keys: Vec<&String> = data.keys().collect();
+            if data.contains_key(INBOX_TOKEN_KEY) && data.contains_key(INGRESS_HMAC_KEY) {
+                Ok(())
+            } else {
+                Err(format!("keys {keys:?}"))
+            }
+        })
         .await?;
         Ok(())
     }
