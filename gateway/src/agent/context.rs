@@ -16,9 +16,8 @@
 
 use std::fmt::Write as _;
 
-use moltbot_protocol::ids::MessageId;
-
 use super::model::{ChatMessage, ChatRequest};
+use crate::store::HistoryRow;
 
 /// Tokens a message costs beyond its text (role and framing), as OpenAI's guidance counts.
 pub(crate) const MESSAGE_OVERHEAD_TOKENS: u32 = 4;
@@ -75,19 +74,6 @@ pub(crate) fn estimate_message_tokens(message: &ChatMessage) -> u32 {
     MESSAGE_OVERHEAD_TOKENS.saturating_add(body)
 }
 
-/// One stored message of the conversation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct HistoryMessage {
-    pub id: MessageId,
-    /// The message's position in the conversation; increases with time.
-    pub seq: i64,
-    /// From the person (or group members) rather than from Pi or the owner.
-    pub inbound: bool,
-    /// Display name of an inbound message's author.
-    pub sender: Option<String>,
-    pub text: String,
-}
-
 /// What [`build`] makes the prompt from.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ContextInput<'a> {
@@ -97,7 +83,7 @@ pub(crate) struct ContextInput<'a> {
     /// The rolling summary of messages older than `history`.
     pub summary: Option<&'a str>,
     /// Oldest first.
-    pub history: &'a [HistoryMessage],
+    pub history: &'a [HistoryRow],
     /// The model's context as this gateway budgets it (`agent.context_tokens`).
     pub budget_tokens: u32,
     /// Kept free for the answer (`agent.max_reply_tokens`).
@@ -193,7 +179,7 @@ pub(crate) fn build(input: &ContextInput) -> Context {
 /// bounds how many messages one request folds in.
 pub(crate) fn summary_request(
     previous: Option<&str>,
-    older: &[HistoryMessage],
+    older: &[HistoryRow],
     max_tokens: u32,
 ) -> ChatRequest {
     // About three quarters of a word per token.
@@ -318,7 +304,7 @@ fn fact_line(fact: &str) -> String {
     format!("\n- {fact}")
 }
 
-fn sender_of(message: &HistoryMessage) -> Option<&str> {
+fn sender_of(message: &HistoryRow) -> Option<&str> {
     message
         .sender
         .as_deref()
@@ -327,7 +313,7 @@ fn sender_of(message: &HistoryMessage) -> Option<&str> {
 }
 
 /// Inbound messages are the user's, outbound ones Pi's (or the owner's, in Pi's voice).
-fn chat_message(message: &HistoryMessage, text: String) -> ChatMessage {
+fn chat_message(message: &HistoryRow, text: String) -> ChatMessage {
     if message.inbound {
         ChatMessage::User {
             name: sender_of(message).map(str::to_owned),
@@ -366,12 +352,14 @@ fn truncate_middle(text: &str, max_tokens: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    use moltbot_protocol::ids::MessageId;
+
     use super::*;
 
     const NOW: &str = "2025-03-04T10:15:00Z";
 
-    fn message(seq: i64, inbound: bool, text: &str) -> HistoryMessage {
-        HistoryMessage {
+    fn message(seq: i64, inbound: bool, text: &str) -> HistoryRow {
+        HistoryRow {
             id: MessageId(ulid::Ulid::from_parts(seq as u64, 0)),
             seq,
             inbound,
@@ -381,7 +369,7 @@ mod tests {
     }
 
     /// `n` messages alternating person / Pi, seq 1..=n, each about 25 tokens.
-    fn history(n: i64) -> Vec<HistoryMessage> {
+    fn history(n: i64) -> Vec<HistoryRow> {
         (1..=n)
             .map(|seq| {
                 message(
@@ -393,11 +381,7 @@ mod tests {
             .collect()
     }
 
-    fn input<'a>(
-        history: &'a [HistoryMessage],
-        facts: &'a [String],
-        budget: u32,
-    ) -> ContextInput<'a> {
+    fn input<'a>(history: &'a [HistoryRow], facts: &'a [String], budget: u32) -> ContextInput<'a> {
         ContextInput {
             system_prompt: "You are Pi.",
             facts,
@@ -633,7 +617,7 @@ mod tests {
     #[test]
     fn summary_request_holds_the_previous_summary_and_the_messages() {
         let older = vec![
-            HistoryMessage {
+            HistoryRow {
                 sender: Some("Ann\nB".into()),
                 ..message(1, true, "I moved to Porto")
             },

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use hashlink::LinkedHashMap;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 
-use super::context::HistoryMessage;
 use crate::store::HistoryRow;
 
 /// A copy older than this is read again in full.
@@ -33,7 +32,7 @@ pub(crate) struct CachedHistory {
     /// When the copy was last read in full.
     loaded_at: Instant,
     /// Oldest first, at most the run's message cap.
-    messages: Vec<HistoryMessage>,
+    messages: Vec<HistoryRow>,
 }
 
 /// What the store said about a conversation at a run's start.
@@ -63,32 +62,17 @@ impl CachedHistory {
         at: Revision,
         newer: Vec<HistoryRow>,
         max_messages: usize,
-    ) -> Option<Vec<HistoryMessage>> {
+    ) -> Option<Vec<HistoryRow>> {
         let same = self.rev == at.rev
             && self.summary_up_to == at.summary_up_to
             && self.last_id <= at.answered;
         if !same {
             return None;
         }
-        self.messages.extend(newer.into_iter().map(history_message));
+        self.messages.extend(newer);
         let excess = self.messages.len().saturating_sub(max_messages);
         self.messages.drain(..excess);
         Some(self.messages)
-    }
-}
-
-/// The messages of a full read, as the prompt builder takes them.
-pub(crate) fn from_rows(rows: Vec<HistoryRow>) -> Vec<HistoryMessage> {
-    rows.into_iter().map(history_message).collect()
-}
-
-fn history_message(row: HistoryRow) -> HistoryMessage {
-    HistoryMessage {
-        id: row.id,
-        seq: row.seq,
-        inbound: row.inbound,
-        sender: row.sender,
-        text: row.text,
     }
 }
 
@@ -129,7 +113,7 @@ impl HistoryCache {
         conversation: ConversationId,
         at: Revision,
         loaded_at: Instant,
-        messages: Vec<HistoryMessage>,
+        messages: Vec<HistoryRow>,
     ) {
         let Some(last_id) = messages.last().map(|m| m.id) else {
             return;
@@ -138,7 +122,7 @@ impl HistoryCache {
             .iter()
             .map(|m| m.text.len() + m.sender.as_ref().map_or(0, String::len))
             .sum::<usize>()
-            + messages.len() * size_of::<HistoryMessage>();
+            + messages.len() * size_of::<HistoryRow>();
         if bytes > self.budget_bytes {
             return;
         }
@@ -195,15 +179,10 @@ mod tests {
 
     fn cached(cache: &HistoryCache, conversation: ConversationId, rows: Vec<HistoryRow>) {
         let answered = rows.last().unwrap().seq;
-        cache.put(
-            conversation,
-            at(0, answered),
-            Instant::now(),
-            from_rows(rows),
-        );
+        cache.put(conversation, at(0, answered), Instant::now(), rows);
     }
 
-    fn seqs(messages: &[HistoryMessage]) -> Vec<i64> {
+    fn seqs(messages: &[HistoryRow]) -> Vec<i64> {
         messages.iter().map(|m| m.seq).collect()
     }
 
@@ -263,7 +242,7 @@ mod tests {
 
         let old = Instant::now().checked_sub(MAX_AGE + Duration::from_secs(1));
         if let Some(old) = old {
-            cache.put(conversation, at(0, 3), old, from_rows(rows()));
+            cache.put(conversation, at(0, 3), old, rows());
             assert_eq!(cache.take(conversation).unwrap().read_after(), None);
         }
     }
@@ -292,7 +271,7 @@ mod tests {
             a,
             at(0, 1),
             Instant::now(),
-            from_rows(vec![row(1, &"x".repeat(size * 3))]),
+            vec![row(1, &"x".repeat(size * 3))],
         );
         assert!(
             cache.take(a).is_none(),

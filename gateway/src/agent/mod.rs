@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use self::context::{ContextInput, HistoryMessage, Overflow};
+use self::context::{ContextInput, Overflow};
 use self::history::{CachedHistory, HistoryCache, Revision};
 use self::model::{ChatMessage, ChatRequest, ModelClient, ModelError, StreamEvent, Turn, Usage};
 use crate::bus::Bus;
@@ -32,7 +32,8 @@ use crate::channels::Connectors;
 use crate::config::{AgentConfig, Config, ModelConfig};
 use crate::metrics::{Metrics, ResultLabels, TokenLabels};
 use crate::store::{
-    QueuedRun, RunFinish, RunOutcome, RunPolicy, RunStart, RunUsage, Store, StoreError, UsageDay,
+    HistoryRow, QueuedRun, RunFinish, RunOutcome, RunPolicy, RunStart, RunUsage, Store, StoreError,
+    UsageDay,
 };
 use crate::tasks::ConversationTasks;
 
@@ -83,7 +84,7 @@ pub struct Agent {
 /// What a run starts from: the store's answer, and the history the prompt is built from.
 struct Started {
     start: RunStart,
-    history: Vec<HistoryMessage>,
+    history: Vec<HistoryRow>,
     /// When `history` was last read in full.
     loaded_at: Instant,
 }
@@ -253,7 +254,7 @@ impl Agent {
             };
             start = full;
         }
-        let history = history::from_rows(std::mem::take(&mut start.context.history));
+        let history = std::mem::take(&mut start.context.history);
         Ok(Some(Started {
             start,
             history,
@@ -321,7 +322,7 @@ impl Agent {
                 }))
             });
         let mut summary = context.summary.take().map(|(text, _)| text);
-        let input = |summary: Option<&str>, history: &[HistoryMessage]| {
+        let input = |summary: Option<&str>, history: &[HistoryRow]| {
             context::build(&ContextInput {
                 system_prompt: &agent.system_prompt,
                 facts: &context.facts,

@@ -1135,21 +1135,27 @@ mod tests {
         assert_eq!(fake.request_count(), 5);
     }
 
-    #[tokio::test]
-    async fn a_stream_cut_by_the_timeout_restarts_and_counts_its_tokens() {
+    /// A fake whose first answer streams a long text slowly (a piece every 100 ms), so that
+    /// `timeout` cuts it, and a client of it with `max_retries`.
+    async fn slow_stream(timeout: Duration, max_retries: u32) -> (FakeOpenAi, ModelClient) {
         let fake = FakeOpenAi::start(FakeOpenAiConfig {
             chunk_delay: Duration::from_millis(100),
             ..Default::default()
         })
         .await
         .expect("fake starts");
-        let long = "one two three ".repeat(40);
-        fake.enqueue(Reply::Text(long.clone()));
-        fake.enqueue(Reply::Text("ok".into()));
+        fake.enqueue(Reply::Text("one two three ".repeat(40)));
         let mut config = config(&fake);
-        config.timeout = Duration::from_millis(1_000);
-        config.max_retries = 1;
+        config.timeout = timeout;
+        config.max_retries = max_retries;
         let client = client_with(&config);
+        (fake, client)
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_by_the_timeout_restarts_and_counts_its_tokens() {
+        let (fake, client) = slow_stream(Duration::from_millis(1_000), 1).await;
+        fake.enqueue(Reply::Text("ok".into()));
 
         let (result, seen, spent) = complete(&client, &ask("hi")).await;
         let turn = result.expect("the retry succeeds");
@@ -1176,17 +1182,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_turn_that_fails_for_good_still_reports_what_it_spent() {
-        let fake = FakeOpenAi::start(FakeOpenAiConfig {
-            chunk_delay: Duration::from_millis(100),
-            ..Default::default()
-        })
-        .await
-        .expect("fake starts");
-        fake.enqueue(Reply::Text("one two three ".repeat(40)));
-        let mut config = config(&fake);
-        config.timeout = Duration::from_millis(600);
-        config.max_retries = 0;
-        let client = client_with(&config);
+        let (_fake, client) = slow_stream(Duration::from_millis(600), 0).await;
 
         let (result, seen, spent) = complete(&client, &ask("hi")).await;
 

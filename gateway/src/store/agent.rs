@@ -660,12 +660,15 @@ pub struct QueuedRun {
     pub trigger_message_id: MessageId,
 }
 
-/// One message of a conversation's history, oldest first.
-#[derive(Clone, Debug)]
+/// One stored message of a conversation's history, as a run's prompt is built from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRow {
     pub id: MessageId,
+    /// The message's position in the conversation; increases with time.
     pub seq: i64,
+    /// From the person (or group members) rather than from Pi or the owner.
     pub inbound: bool,
+    /// Display name of an inbound message's author.
     pub sender: Option<String>,
     pub text: String,
 }
