@@ -58,6 +58,7 @@ pub struct Metrics {
     pub deduplicated: Counter,
     pub commit_duration: Histogram,
     pub group_size: Histogram,
+    pub sync_duration: Histogram,
     pub commit_failures: Counter,
     pub group_reruns: Counter,
     pub streams_open: Gauge,
@@ -114,7 +115,7 @@ impl Metrics {
         let commit_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
         registry.register(
             "store_commit_duration_seconds",
-            "Time to commit one group of writes",
+            "Time to commit one group of writes, before it is made durable",
             commit_duration.clone(),
         );
         let group_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
@@ -122,6 +123,12 @@ impl Metrics {
             "store_group_size",
             "Writes committed together",
             group_size.clone(),
+        );
+        let sync_duration = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "store_sync_duration_seconds",
+            "Time to make committed groups durable (one fdatasync of the WAL for all of them)",
+            sync_duration.clone(),
         );
         let commit_failures = Counter::default();
         registry.register(
@@ -188,6 +195,7 @@ impl Metrics {
             deduplicated,
             commit_duration,
             group_size,
+            sync_duration,
             commit_failures,
             group_reruns,
             streams_open,
@@ -222,6 +230,10 @@ impl Metrics {
     pub fn store_commit(&self, writes: usize, took: Duration) {
         self.group_size.observe(writes as f64);
         self.commit_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn store_sync(&self, took: Duration) {
+        self.sync_duration.observe(took.as_secs_f64());
     }
 
     pub fn store_group_rerun(&self) {

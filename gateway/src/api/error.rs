@@ -86,6 +86,11 @@ impl From<StoreError> for Failure {
                 ErrorCode::ShuttingDown,
                 "the gateway is shutting down",
             ),
+            StoreError::NotDurable => Failure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                "the disk did not confirm the write; it may not have been kept",
+            ),
             other => {
                 tracing::error!(error = %other, "store failure");
                 Failure::new(

@@ -12,12 +12,14 @@ mod inbox;
 mod outbox;
 mod publish;
 mod read;
+mod sync;
 mod write;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -63,6 +65,12 @@ pub enum StoreError {
     Writer(#[from] rusqlite::Error),
     #[error("commit failed, nothing in its group was stored: {0}")]
     CommitFailed(String),
+    /// The disk did not confirm a sync: the write may or may not have been kept, and the
+    /// store takes no more writes until the gateway restarts from what is on disk.
+    #[error(
+        "the disk did not confirm the write; the store takes no writes until the gateway restarts"
+    )]
+    NotDurable,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0} not found")]
@@ -130,9 +138,12 @@ pub(crate) enum Written {
     Done,
 }
 
+/// Where the writer's answer to one write goes.
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
 struct Job {
     write: Write,
-    reply: oneshot::Sender<Result<Written, StoreError>>,
+    reply: Reply,
 }
 
 #[derive(Clone)]
@@ -148,6 +159,7 @@ pub struct Store {
 /// The running writer, publisher and checkpointer.
 pub struct WriterHandle {
     writer: JoinHandle<()>,
+    syncer: JoinHandle<()>,
     publisher: JoinHandle<()>,
     checkpointer: JoinHandle<()>,
     commands: mpsc::Sender<Command>,
@@ -163,6 +175,7 @@ impl WriterHandle {
         let _ = self.commands.send(Command::Stop).await;
         let tasks = [
             ("writer", self.writer),
+            ("syncer", self.syncer),
             ("publisher", self.publisher),
             ("checkpointer", self.checkpointer),
         ];
@@ -204,21 +217,32 @@ impl Store {
             .min_connections(1)
             .connect_with(base.read_only(true))
             .await?;
-        let conn = open_writer(&path, config.synchronous)?;
+        let conn = open_writer(&path)?;
 
         let (commands, queue) = mpsc::channel(config.max_batch * 4);
         // A few groups of slack; beyond that the writer waits for the publisher.
-        let (published, committed) = mpsc::channel(64);
+        let (published, to_publish) = mpsc::channel(64);
         let (wal_grew, committed_pages) = mpsc::channel(1);
         let outbox_ready = Arc::new(Notify::new());
         let runs_ready = Arc::new(Notify::new());
-        let writer = write::Writer {
+        let sync_failed = Arc::new(AtomicBool::new(false));
+        // A few groups ahead of the disk at most; beyond that the writer waits for the syncer.
+        let (committed, durable) = std::sync::mpsc::sync_channel(64);
+        let syncer = sync::Syncer {
+            wal: wal_path(&path),
+            durable: config.synchronous == Synchronous::Full,
+            failed: sync_failed.clone(),
             bus: bus.clone(),
             published,
             wal_grew,
-            metrics,
+            metrics: metrics.clone(),
             outbox_ready: outbox_ready.clone(),
             runs_ready: runs_ready.clone(),
+        };
+        let writer = write::Writer {
+            committed,
+            sync_failed,
+            metrics,
             policy,
             max_batch: config.max_batch,
             ids: Generator::new(),
@@ -226,7 +250,8 @@ impl Store {
             conn,
         };
         let writer = tokio::task::spawn_blocking(move || writer.run(queue));
-        let publisher = tokio::spawn(publish::run(reads.clone(), bus, committed));
+        let syncer = tokio::task::spawn_blocking(move || syncer.run(durable));
+        let publisher = tokio::spawn(publish::run(reads.clone(), bus, to_publish));
         let checkpointer = tokio::spawn(checkpoint::run(checkpoints, committed_pages));
         Ok((
             Store {
@@ -237,6 +262,7 @@ impl Store {
             },
             WriterHandle {
                 writer,
+                syncer,
                 publisher,
                 checkpointer,
                 commands,
@@ -369,15 +395,13 @@ async fn query_plan_stability(
 }
 
 /// The writer's connection; the database exists and is migrated by now.
-fn open_writer(path: &Path, synchronous: Synchronous) -> Result<rusqlite::Connection, StoreError> {
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let synchronous = match synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)?;
+    // Commits do not wait for the disk: the syncer makes them durable beside the writer
+    // (per `store.synchronous`). SQLite still syncs around checkpoints and WAL restarts.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     conn.pragma_update(None, "temp_store", "memory")?;
     // The writer checkpoints what the checkpointer left over, which lets the WAL restart
@@ -390,6 +414,13 @@ fn open_writer(path: &Path, synchronous: Synchronous) -> Result<rusqlite::Connec
     // Every statement the writer runs stays prepared.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// SQLite's name for a database's write-ahead log.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }
 
 fn unexpected(written: Written) -> StoreError {
@@ -436,20 +467,86 @@ mod tests {
     use serde_json::json;
 
     async fn open(dir: &Path) -> (Store, WriterHandle) {
+        open_with(dir, &StoreConfig::default(), Arc::new(Metrics::new())).await
+    }
+
+    async fn open_with(
+        dir: &Path,
+        config: &StoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> (Store, WriterHandle) {
         let policy = watch::channel(RunPolicy {
             enabled: false,
             default_mode: moltbot_protocol::inbox::AgentMode::Off,
             require_mention_in_groups: true,
         });
-        Store::open(
-            dir,
-            &StoreConfig::default(),
-            Bus::new(16),
-            Arc::new(Metrics::new()),
-            policy.1,
-        )
-        .await
+        Store::open(dir, config, Bus::new(16), metrics, policy.1)
+            .await
+            .unwrap()
+    }
+
+    fn event(kind: &str, data: serde_json::Value) -> Event {
+        serde_json::from_value(json!({
+            "schema_version": 1, "id": ulid::Ulid::new().to_string(),
+            "occurred_at": "2026-11-21T10:00:00Z",
+            "source": {"channel": "webchat", "connection": "webchat"},
+            "type": kind, "data": data,
+        }))
         .unwrap()
+    }
+
+    fn message(provider_message_id: &str, text: &str) -> Event {
+        event(
+            "message.received",
+            json!({"conversation": {"provider_id": "chat"}, "provider_message_id": provider_message_id,
+                   "sender": {"provider_id": "ann"}, "text": text,
+                   "sent_at": "2026-11-21T10:00:00Z"}),
+        )
+    }
+
+    fn syncs(metrics: &Metrics) -> u64 {
+        let text = metrics.encode();
+        let count = text
+            .lines()
+            .find_map(|line| line.strip_prefix("gateway_store_sync_duration_seconds_count "))
+            .expect("the sync histogram is exported");
+        count.trim().parse().unwrap()
+    }
+
+    /// With `synchronous: full` a write is answered only after the WAL was synced; with
+    /// `normal` nothing is synced per commit.
+    #[tokio::test]
+    async fn a_write_is_answered_after_its_sync_only_when_full() {
+        for (synchronous, synced) in [(Synchronous::Full, true), (Synchronous::Normal, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let metrics = Arc::new(Metrics::new());
+            let config = StoreConfig {
+                synchronous,
+                ..StoreConfig::default()
+            };
+            let (store, writer) = open_with(dir.path(), &config, metrics.clone()).await;
+            store.ingest(message("1", "hello")).await.unwrap();
+            assert_eq!(syncs(&metrics) > 0, synced, "{synchronous:?}");
+            writer.finish().await;
+        }
+    }
+
+    /// After a failed sync nothing more is taken: the disk may have dropped what it could
+    /// not write, so a later sync that succeeds would prove nothing.
+    #[tokio::test]
+    async fn after_a_failed_sync_every_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        // The syncer opens the WAL at its first sync; without the file, that sync fails.
+        std::fs::remove_file(wal_path(&dir.path().join(DB_FILE))).unwrap();
+        for n in ["1", "2"] {
+            let refused = store.ingest(message(n, "hello")).await;
+            assert!(
+                matches!(refused, Err(StoreError::NotDurable)),
+                "write {n}: {refused:?}"
+            );
+        }
+        writer.finish().await;
     }
 
     #[tokio::test]
@@ -469,22 +566,8 @@ mod tests {
     async fn an_edit_in_the_group_of_its_message_keeps_the_search_index_whole() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
-        let event = |kind: &str, data: serde_json::Value| -> Event {
-            serde_json::from_value(json!({
-                "schema_version": 1, "id": ulid::Ulid::new().to_string(),
-                "occurred_at": "2026-11-21T10:00:00Z",
-                "source": {"channel": "webchat", "connection": "webchat"},
-                "type": kind, "data": data,
-            }))
-            .unwrap()
-        };
         let pairs = (0..64).map(|n| {
-            let received = event(
-                "message.received",
-                json!({"conversation": {"provider_id": "chat"}, "provider_message_id": n.to_string(),
-                       "sender": {"provider_id": "ann"}, "text": "dinner at eight",
-                       "sent_at": "2026-11-21T10:00:00Z"}),
-            );
+            let received = message(&n.to_string(), "dinner at eight");
             let edited = event(
                 "message.edited",
                 json!({"conversation": "chat", "provider_message_id": n.to_string(),
@@ -495,7 +578,10 @@ mod tests {
             async move {
                 let (message, edit) = tokio::join!(store.ingest(received), store.ingest(edited));
                 assert!(message.unwrap().message_id.is_some());
-                assert!(edit.unwrap().message_id.is_some(), "the edit found its message");
+                assert!(
+                    edit.unwrap().message_id.is_some(),
+                    "the edit found its message"
+                );
             }
         });
         futures_util::future::join_all(pairs).await;

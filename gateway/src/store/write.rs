@@ -1,25 +1,28 @@
 //! The writer: one thread owns the only write connection and commits writes in groups (one
-//! transaction and one fsync for everything queued); a group in which a write fails is run
-//! again with a savepoint per write, so the bad write fails alone. Each caller is answered
-//! only after its group committed, and only then are the changes handed to the publisher.
+//! transaction for everything queued); a group in which a write fails is run again with a
+//! savepoint per write, so the bad write fails alone. A committed group goes to the
+//! [`sync`](super::sync) thread, which answers its callers once it is durable, while the
+//! writer goes on with the next group.
 //!
 //! The connection is a plain synchronous one on its own thread: a write is several small
 //! statements, and an async driver would hand each of them to a worker thread and wait for
 //! the answer, which on a small machine cost more than the statements themselves.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use ulid::Generator;
 
 use super::publish::{Change, Changes};
+use super::sync::Committed;
 use super::{
     IngestOutcome, Job, StoreError, Write, Written, agent, amend, channels, inbox, ms, outbox,
 };
-use crate::bus::Bus;
 use crate::metrics::Metrics;
 
 /// What the writer's queue carries.
@@ -31,13 +34,11 @@ pub(super) enum Command {
 
 pub(super) struct Writer {
     pub(super) conn: Connection,
-    pub(super) bus: Bus,
-    pub(super) published: mpsc::Sender<Changes>,
-    /// Wakes the checkpointer; a full queue means it is awake already.
-    pub(super) wal_grew: mpsc::Sender<()>,
+    /// Committed groups, to be made durable and answered.
+    pub(super) committed: SyncSender<Committed>,
+    /// Set by the syncer when the disk failed; see [`super::sync::Syncer::failed`].
+    pub(super) sync_failed: Arc<AtomicBool>,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) outbox_ready: Arc<Notify>,
-    pub(super) runs_ready: Arc<Notify>,
     /// Whether and how a new message queues an agent run; the config may change it at reload.
     pub(super) policy: watch::Receiver<agent::RunPolicy>,
     pub(super) max_batch: usize,
@@ -71,6 +72,12 @@ impl Writer {
     }
 
     fn commit_group(&mut self, batch: &mut Vec<Job>) {
+        if self.sync_failed.load(Ordering::SeqCst) {
+            for job in batch.drain(..) {
+                let _ = job.reply.send(Err(StoreError::NotDurable));
+            }
+            return;
+        }
         let started = Instant::now();
         let size = batch.len();
         // A savepoint per write would make the full-text index write a segment per write, so
@@ -86,23 +93,20 @@ impl Writer {
         self.metrics.store_commit(size, started.elapsed());
         match committed {
             Ok(group) => {
-                let _ = self.wal_grew.try_send(());
-                // Decided before anyone is answered: a client that subscribes after its write
-                // was answered must not be sent that write as news.
-                let publish = !group.changes.is_empty() && self.bus.has_subscribers();
-                for (job, result) in batch.drain(..).zip(group.results) {
-                    let _ = job.reply.send(result);
-                }
-                if group.wake.outbox {
-                    self.outbox_ready.notify_one();
-                }
-                if group.wake.agent {
-                    self.runs_ready.notify_one();
-                }
-                // Views are built only for someone who listens; a slow publisher holds the
-                // writer back rather than dropping frames a stream has been promised.
-                if publish {
-                    let _ = self.published.blocking_send(group.changes);
+                let committed = Committed {
+                    answers: batch
+                        .drain(..)
+                        .map(|job| job.reply)
+                        .zip(group.results)
+                        .collect(),
+                    changes: group.changes,
+                    wake: group.wake,
+                };
+                // The syncer outlives the writer: it ends when this sender is dropped.
+                if let Err(unsent) = self.committed.send(committed) {
+                    for (reply, _) in unsent.0.answers {
+                        let _ = reply.send(Err(StoreError::NotDurable));
+                    }
                 }
             }
             Err(e) => {
