@@ -7,10 +7,11 @@
 //! wait no longer holds up the single writer, which at a steady 1,000 replies a second was
 //! busy most of its time waiting for it.
 //!
-//! A group is visible to readers between its commit and its sync. Nothing that acts outside
-//! the gateway relies on such a read alone: the outbox records an attempt (a write, answered
-//! only when durable, and so covering everything committed before it) before a send that
-//! could be lost, and a poll moves its offset only on answered writes.
+//! A group is visible to readers between its commit and its sync. A poll moves its offset
+//! only on answered writes, and the outbox records an attempt (a write, answered only when
+//! durable, and so covering everything committed before it) before a send. A change to a
+//! sent message, a web-chat delivery or a model call made from such a read is not covered:
+//! a power cut in that window can leave the provider with a change the store lost.
 
 use std::fs::File;
 use std::path::PathBuf;
