@@ -13,7 +13,7 @@
 //! repeat, so they are retried without reconciling; one refused for good is undone in the
 //! store.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError, Target};
 use crate::metrics::Metrics;
 use crate::store::{Operation, OutboxItem, OutboxWrite, Store};
-use crate::tasks::ConversationTasks;
+use crate::tasks::{ConversationTasks, Lookout};
 
 /// Conversations delivering at once.
 const MAX_CONVERSATIONS_IN_FLIGHT: usize = 256;
@@ -44,22 +44,37 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut tasks = ConversationTasks::default();
+    let mut lookout = Lookout::default();
+    let retries = Arc::new(Retries::default());
+    // Rows a previous run left waiting for a retry.
+    retries.learn_from(&store).await;
     loop {
-        tasks.reap();
+        for freed in tasks.reap() {
+            lookout.finished(Some(freed));
+        }
+        if retries.take_due() {
+            lookout.timer();
+        }
         let room = MAX_CONVERSATIONS_IN_FLIGHT - tasks.len();
-        if room > 0 {
+        if room > 0 && lookout.due() {
             match store.due_outbox(room, tasks.busy()).await {
                 Ok(items) => {
+                    lookout.read(items.len(), room);
                     for item in items {
                         let Some(connector) = connectors.get(&item.connection).cloned() else {
                             // The connection was removed from the config; its messages wait for it.
                             tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
                             continue;
                         };
+                        // The rows behind it are read once its task is done.
+                        if item.more {
+                            lookout.hold(item.conversation_id);
+                        }
                         let delivery = Delivery {
                             store: store.clone(),
                             metrics: metrics.clone(),
                             connector,
+                            retries: retries.clone(),
                         };
                         tasks.spawn(item.conversation_id, async move {
                             delivery.deliver(item).await;
@@ -69,16 +84,17 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
             }
         }
-        // A row due already belongs to a conversation in flight: its task's end wakes us.
-        let sleep = match store.next_outbox_due().await {
-            Ok(Some(at)) if at > Timestamp::now() => until(at).min(POLL),
-            _ => POLL,
-        };
+        let sleep = retries.next().map_or(POLL, |at| until(at).min(POLL));
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = store.outbox_ready() => {}
-            () = tasks.next_finished() => {}
-            _ = tokio::time::sleep(sleep) => {}
+            news = store.outbox_ready() => lookout.news(news, tasks.busy()),
+            freed = tasks.next_finished() => lookout.finished(freed),
+            _ = tokio::time::sleep(sleep) => {
+                if sleep == POLL {
+                    lookout.timer();
+                    retries.learn_from(&store).await;
+                }
+            }
         }
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.join_all())
@@ -91,6 +107,45 @@ pub async fn run(
     }
 }
 
+/// When the earliest row waiting for a retry comes due. Deliveries note the retries they
+/// schedule, so the sender need not read the outbox after every delivery to learn it; the
+/// store's own answer is read at start and on each timer pass.
+#[derive(Default)]
+struct Retries {
+    next: Mutex<Option<Timestamp>>,
+}
+
+impl Retries {
+    fn schedule(&self, at: Timestamp) {
+        let mut next = self.next.lock().expect("retries lock");
+        *next = Some(next.map_or(at, |earlier| earlier.min(at)));
+    }
+
+    /// Whether a retry came due, which the sender then reads; forgets it.
+    fn take_due(&self) -> bool {
+        let mut next = self.next.lock().expect("retries lock");
+        // In whole milliseconds, as the sleep until it is measured.
+        let now = Timestamp::now().as_millisecond();
+        let due = next.is_some_and(|at| at.as_millisecond() <= now);
+        if due {
+            *next = None;
+        }
+        due
+    }
+
+    fn next(&self) -> Option<Timestamp> {
+        *self.next.lock().expect("retries lock")
+    }
+
+    async fn learn_from(&self, store: &Store) {
+        match store.next_outbox_due().await {
+            Ok(Some(at)) => self.schedule(at),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read when the next retry is due"),
+        }
+    }
+}
+
 fn until(at: Timestamp) -> Duration {
     let wait = at.as_millisecond() - Timestamp::now().as_millisecond();
     Duration::from_millis(u64::try_from(wait).unwrap_or(0))
@@ -100,6 +155,7 @@ struct Delivery {
     store: Store,
     metrics: Arc<Metrics>,
     connector: Arc<dyn Connector>,
+    retries: Arc<Retries>,
 }
 
 impl Delivery {
@@ -278,14 +334,19 @@ impl Delivery {
         }
         let wait = retry_after.unwrap_or_else(|| backoff(attempts));
         tracing::info!(message_id = %item.message_id, operation = item.operation.kind(), attempts, wait_ms = wait.as_millis() as u64, error = %error, "delivery will be retried");
-        self.step(OutboxWrite::RetryLater {
-            row: item.id,
-            at: Timestamp::now() + wait,
-            error: error.to_string(),
-            in_doubt,
-            attempts,
-        })
-        .await;
+        let at = Timestamp::now() + wait;
+        if self
+            .step(OutboxWrite::RetryLater {
+                row: item.id,
+                at,
+                error: error.to_string(),
+                in_doubt,
+                attempts,
+            })
+            .await
+        {
+            self.retries.schedule(at);
+        }
     }
 
     async fn fail(&self, item: &OutboxItem, error: String) {

@@ -413,9 +413,11 @@ async fn long_replies_are_split_and_rate_limits_are_obeyed() {
     setup
         .telegram
         .user_sends(BOT, &ChatSpec::private(42), &ann(), "tell me a lot");
+    // Retry after 1 s, the second part 1 s later (1 message/s per chat): well before the
+    // sender's 5 s safety pass, so the retry is not merely found by it.
     let sent = setup
         .telegram
-        .wait_for_sent(BOT, 2, Duration::from_secs(10))
+        .wait_for_sent(BOT, 2, Duration::from_millis(4500))
         .await;
     assert_eq!(sent.len(), 2, "{}", gateway.log_text());
     assert!(sent.iter().all(|m| m.text.encode_utf16().count() <= 4096));
@@ -1058,5 +1060,53 @@ async fn a_reply_deleted_before_it_went_out_is_never_sent() {
     assert!(
         !tg.calls(BOT).iter().any(|c| c.method == "deleteMessage"),
         "nothing to delete at Telegram"
+    );
+}
+
+/// A message queued behind one that waits for its retry goes out right after it, not at
+/// the sender's next 5 s safety pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_queued_behind_a_retry_follows_it_at_once() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let tg = &setup.telegram;
+    setup.model.enqueue(Reply::Text("first".into()));
+    tg.user_sends(BOT, &ChatSpec::private(42), &ann(), "hello");
+    assert_eq!(
+        tg.wait_for_sent(BOT, 1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+    let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+    let conversation = list["items"][0]["id"].as_str().unwrap().to_string();
+    let send = async |txn: &str, text: &str| {
+        let path = format!("/v1/conversations/{conversation}/send/{txn}");
+        let (status, view) = request(
+            &gateway,
+            reqwest::Method::PUT,
+            &path,
+            Some(json!({ "text": text })),
+        )
+        .await;
+        assert_eq!(status, 200, "{view}");
+    };
+    tg.fail_next(BOT, "sendMessage", Failure::ServerError);
+    send("second", "second").await;
+    eventually("the failed attempt", &gateway, async || {
+        (tg.calls(BOT).iter())
+            .any(|c| c.method == "sendMessage" && c.status == 502)
+            .then_some(())
+    })
+    .await;
+    send("third", "third").await;
+    // The retry comes within 1 s, the next message 1 s after it (1 message/s per chat).
+    let sent = tg.wait_for_sent(BOT, 3, Duration::from_secs(4)).await;
+    let texts: Vec<_> = sent.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["first", "second", "third"],
+        "{}",
+        gateway.log_text()
     );
 }

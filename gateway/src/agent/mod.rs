@@ -35,7 +35,7 @@ use crate::store::{
     HistoryRow, QueuedRun, RunFinish, RunOutcome, RunPolicy, RunStart, RunUsage, Store, StoreError,
     UsageDay,
 };
-use crate::tasks::ConversationTasks;
+use crate::tasks::{ConversationTasks, Lookout};
 
 /// Messages read for a run's prompt before the context budget trims them.
 const HISTORY_MESSAGES: u32 = 200;
@@ -115,15 +115,16 @@ impl Agent {
         let follow_ups = tokio::spawn(self.clone().follow_ups(shutdown.clone()));
         let max = self.config.borrow().agent.max_concurrent_runs;
         let mut tasks = ConversationTasks::default();
+        let mut lookout = Lookout::default();
         loop {
-            tasks.reap();
-            if tasks.len() < max {
-                match self
-                    .store
-                    .queued_runs(max - tasks.len(), tasks.busy())
-                    .await
-                {
+            for freed in tasks.reap() {
+                lookout.finished(Some(freed));
+            }
+            let room = max.saturating_sub(tasks.len());
+            if room > 0 && lookout.due() {
+                match self.store.queued_runs(room, tasks.busy()).await {
                     Ok(runs) => {
+                        lookout.read(runs.len(), room);
                         for run in runs {
                             let agent = self.clone();
                             tasks.spawn(run.conversation_id, async move {
@@ -136,9 +137,10 @@ impl Agent {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.store.runs_ready() => {}
-                () = tasks.next_finished() => {}
-                _ = tokio::time::sleep(IDLE) => {}
+                news = self.store.runs_ready() => lookout.news(news, tasks.busy()),
+                freed = tasks.next_finished() => lookout.finished(freed),
+                // Also picks up a run a failing store left queued.
+                _ = tokio::time::sleep(IDLE) => lookout.timer(),
             }
         }
         if tasks.len() > 0 {

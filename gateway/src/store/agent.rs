@@ -80,7 +80,7 @@ fn queue_run(
             |r| r.get(0),
         )?;
     cx.changed(Change::RunUpdated(parse_id(&run_id)?));
-    cx.wake.agent = true;
+    cx.wake.agent.push(conversation_id);
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod read;
 mod sync;
 mod write;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -31,13 +32,14 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection};
 use thiserror::Error;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use ulid::Generator;
 
 use crate::bus::Bus;
 use crate::config::{StoreConfig, Synchronous};
 use crate::metrics::Metrics;
+use crate::tasks::News;
 use write::Command;
 
 pub use agent::{
@@ -150,10 +152,10 @@ struct Job {
 pub struct Store {
     reads: SqlitePool,
     commands: mpsc::Sender<Command>,
-    /// Woken after a commit that queued outbound messages.
-    outbox_ready: Arc<Notify>,
-    /// Woken after a commit that queued agent runs.
-    runs_ready: Arc<Notify>,
+    /// The conversations durable writes queued outbound messages for.
+    outbox_ready: Arc<News>,
+    /// The conversations durable writes queued agent runs for.
+    runs_ready: Arc<News>,
 }
 
 /// The running writer, publisher and checkpointer.
@@ -223,8 +225,8 @@ impl Store {
         // A few groups of slack; beyond that the writer waits for the publisher.
         let (published, to_publish) = mpsc::channel(64);
         let (wal_grew, committed_pages) = mpsc::channel(1);
-        let outbox_ready = Arc::new(Notify::new());
-        let runs_ready = Arc::new(Notify::new());
+        let outbox_ready = Arc::new(News::default());
+        let runs_ready = Arc::new(News::default());
         let sync_failed = Arc::new(AtomicBool::new(false));
         // A few groups ahead of the disk at most; beyond that the writer waits for the syncer.
         let (committed, durable) = std::sync::mpsc::sync_channel(64);
@@ -337,16 +339,16 @@ impl Store {
             .map(drop)
     }
 
-    /// Resolves after a commit that queued outbound messages (or at once if one happened
-    /// since the last call).
-    pub async fn outbox_ready(&self) {
-        self.outbox_ready.notified().await
+    /// The conversations that got outbound messages queued since the last call; waits for
+    /// one if there is none.
+    pub(crate) async fn outbox_ready(&self) -> HashSet<ConversationId> {
+        self.outbox_ready.take().await
     }
 
-    /// Resolves after a commit that queued agent runs (or at once if one happened since the
-    /// last call).
-    pub async fn runs_ready(&self) {
-        self.runs_ready.notified().await
+    /// The conversations that got agent runs queued since the last call; waits for one if
+    /// there is none.
+    pub(crate) async fn runs_ready(&self) -> HashSet<ConversationId> {
+        self.runs_ready.take().await
     }
 
     /// True while the writer accepts work.

@@ -115,6 +115,8 @@ pub struct OutboxItem {
     pub attempts: u32,
     pub parts_sent: u32,
     pub attempt_hint: Option<String>,
+    /// More undelivered rows of the conversation wait behind this one.
+    pub more: bool,
 }
 
 pub(super) fn apply(cx: &mut Ctx<'_>, write: &OutboxWrite) -> Result<Written, StoreError> {
@@ -253,7 +255,7 @@ pub(super) fn queue(cx: &mut Ctx<'_>, row: NewRow<'_>) -> Result<(), StoreError>
             cx.now
         ],
     )?;
-    cx.wake.outbox = true;
+    cx.wake.outbox.push(row.conversation_id);
     Ok(())
 }
 
@@ -286,6 +288,7 @@ struct OutboxRow {
     parts_sent: i64,
     attempt_hint: Option<String>,
     targets: String,
+    more: bool,
 }
 
 impl OutboxRow {
@@ -311,6 +314,7 @@ impl OutboxRow {
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             parts_sent: u32::try_from(self.parts_sent).unwrap_or(0),
             attempt_hint: self.attempt_hint,
+            more: self.more,
         })
     }
 }
@@ -331,7 +335,10 @@ impl Store {
                     CASE WHEN o.kind = 'send' THEN '[]'
                          ELSE coalesce((SELECT s.provider_message_ids FROM outbox s
                                         WHERE s.id = o.message_id AND s.kind = 'send'),
-                                       json_array(m.provider_message_id)) END AS targets
+                                       json_array(m.provider_message_id)) END AS targets,
+                    EXISTS (SELECT 1 FROM outbox n
+                            WHERE n.conversation_id = o.conversation_id AND n.state IN ('queued', 'sending')
+                              AND n.id > o.id) AS more
              FROM outbox o
              JOIN messages m ON m.id = o.message_id
              JOIN conversations c ON c.id = o.conversation_id

@@ -20,13 +20,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::publish::Changes;
 use super::write::Wake;
 use super::{Reply, StoreError, Written};
 use crate::bus::Bus;
 use crate::metrics::Metrics;
+use crate::tasks::News;
 
 /// A group the writer committed, waiting to be made durable.
 pub(super) struct Committed {
@@ -50,8 +51,8 @@ pub(super) struct Syncer {
     /// Wakes the checkpointer; a full queue means it is awake already.
     pub(super) wal_grew: mpsc::Sender<()>,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) outbox_ready: Arc<Notify>,
-    pub(super) runs_ready: Arc<Notify>,
+    pub(super) outbox_ready: Arc<News>,
+    pub(super) runs_ready: Arc<News>,
 }
 
 impl Syncer {
@@ -111,11 +112,11 @@ impl Syncer {
         for (reply, result) in group.answers {
             let _ = reply.send(result);
         }
-        if group.wake.outbox {
-            self.outbox_ready.notify_one();
+        if !group.wake.outbox.is_empty() {
+            self.outbox_ready.post(group.wake.outbox);
         }
-        if group.wake.agent {
-            self.runs_ready.notify_one();
+        if !group.wake.agent.is_empty() {
+            self.runs_ready.post(group.wake.agent);
         }
         // Views are built only for someone who listens; a slow publisher holds the syncer
         // (and through it the writer) back rather than dropping frames a stream was promised.

@@ -14,6 +14,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
 use jiff::Timestamp;
+use moltbot_protocol::ids::ConversationId;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use tokio::sync::{mpsc, watch};
 use ulid::Generator;
@@ -170,8 +171,8 @@ impl Writer {
                     ingested += 1;
                 }
                 group.changes.extend(changes);
-                group.wake.outbox |= wake.outbox;
-                group.wake.agent |= wake.agent;
+                group.wake.outbox.extend(wake.outbox);
+                group.wake.agent.extend(wake.agent);
             }
             group.results.push(result);
         }
@@ -218,13 +219,13 @@ struct Group {
     wake: Wake,
 }
 
-/// Tasks a committed write has work for.
-#[derive(Clone, Copy, Debug, Default)]
+/// Work a committed write gave the workers, by conversation.
+#[derive(Clone, Debug, Default)]
 pub(super) struct Wake {
-    /// Outbound messages were queued.
-    pub(super) outbox: bool,
-    /// Agent runs were queued.
-    pub(super) agent: bool,
+    /// Conversations with outbound messages queued.
+    pub(super) outbox: Vec<ConversationId>,
+    /// Conversations with agent runs queued.
+    pub(super) agent: Vec<ConversationId>,
 }
 
 /// What one write works with inside its group's transaction.
