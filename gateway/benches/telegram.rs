@@ -23,15 +23,17 @@
 //!   The fakes run in the bench process and share the 2 cores with the gateway; their CPU
 //!   is printed beside the gateway's.
 //!
-//!   Where the time goes at 1,000/s (measured from the store's timestamps and `/metrics`):
-//!   about half of it is inside the gateway from the update stored to the reply sent
-//!   (p50 23 ms, p99 52 ms), the rest is the polling cycle and the fakes. Inside, a reply
-//!   waits for three commits of the single store writer in turn (the update with its
-//!   queued run, the run's outcome with the reply and its outbox row, the send attempt
-//!   recorded before `sendMessage`), and a commit then holds about 25 writes and takes
-//!   5–8 ms, mostly waiting on the disk. Fewer commits on the reply's path (the attempt
-//!   record folded into the run's outcome) and the fsync overlapped with the next group
-//!   are the next steps.
+//!   Where the time goes: a reply waits for three durable writes in turn (the update with
+//!   its queued run, the run's outcome with the reply and its outbox row, the send attempt
+//!   recorded before `sendMessage`), each a commit plus a sync of the WAL (the syncer
+//!   overlaps the fsync with the writer's next group), plus the poll cycle. That is
+//!   p50 6 ms / p99 13 ms at 300/s and p50 15 ms / p99 25 ms at 600/s. At 1,000/s the two
+//!   cores are about 80% busy (gateway 1.25 cores, fakes 0.3, the kernel's disk and
+//!   network work beside them), so queueing sets the tail. Most of the gateway's CPU is
+//!   per commit, per wake-up and per read rather than per reply: CPU per reply falls from
+//!   3.1 ms at 300/s to 1.25 ms at 1,000/s as groups grow. Checkpointing after every
+//!   sync is 10–17% of it; spacing checkpoints out (every 15–200 ms, or every 4th sync)
+//!   cut that at 300/s but doubled the ingest bench's p99, so it stays per sync.
 //! - **slow model**: the same people write once each to a 2 s model with
 //!   `agent.max_concurrent_runs` = `BENCH_LIMIT` (32); the highest number of model calls
 //!   in flight must equal the limit, and the burst takes about ⌈users / limit⌉ × 2 s.
