@@ -13,11 +13,13 @@
 //! repeat, so they are retried without reconciling; one refused for good is undone in the
 //! store.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use rand::Rng;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::channels::{Connector, Connectors, OutgoingPart, Reconciled, SendError, Target};
@@ -27,7 +29,7 @@ use crate::tasks::{ConversationTasks, Lookout};
 
 /// Conversations delivering at once.
 const MAX_CONVERSATIONS_IN_FLIGHT: usize = 256;
-/// Longest sleep between passes when nothing wakes the sender.
+/// Time between the sender's safety passes.
 const POLL: Duration = Duration::from_secs(5);
 /// After this many failed attempts a message is marked failed.
 const MAX_ATTEMPTS: u32 = 10;
@@ -48,6 +50,9 @@ pub async fn run(
     let retries = Arc::new(Retries::default());
     // Rows a previous run left waiting for a retry.
     retries.learn_from(&store).await;
+    // A read now and then whatever happens: it finds what nothing announced (a row whose
+    // delivery step the store refused, the rows of a connection added back by a reload).
+    let mut safety_pass = Instant::now() + POLL;
     loop {
         for freed in tasks.reap() {
             lookout.finished(Some(freed));
@@ -84,15 +89,19 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
             }
         }
-        let sleep = retries.next().map_or(POLL, |at| until(at).min(POLL));
+        let wake = retries.next().map_or(safety_pass, |at| {
+            safety_pass.min(Instant::now() + until(at))
+        });
         tokio::select! {
             _ = shutdown.cancelled() => break,
             news = store.outbox_ready() => lookout.news(news, tasks.busy()),
             freed = tasks.next_finished() => lookout.finished(freed),
-            _ = tokio::time::sleep(sleep) => {
-                if sleep == POLL {
+            // A retry's time is seen by `take_due` above.
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= safety_pass {
                     lookout.timer();
                     retries.learn_from(&store).await;
+                    safety_pass = Instant::now() + POLL;
                 }
             }
         }
@@ -107,38 +116,35 @@ pub async fn run(
     }
 }
 
-/// When the earliest row waiting for a retry comes due. Deliveries note the retries they
-/// schedule, so the sender need not read the outbox after every delivery to learn it; the
-/// store's own answer is read at start and on each timer pass.
+/// When the rows waiting for a retry come due. Deliveries note the retries they schedule, so
+/// the sender need not read the outbox after every delivery to learn them; the store is asked
+/// at start and on each safety pass for the next retry still to come.
 #[derive(Default)]
 struct Retries {
-    next: Mutex<Option<Timestamp>>,
+    at: Mutex<BTreeSet<Timestamp>>,
 }
 
 impl Retries {
     fn schedule(&self, at: Timestamp) {
-        let mut next = self.next.lock().expect("retries lock");
-        *next = Some(next.map_or(at, |earlier| earlier.min(at)));
+        self.at.lock().expect("retries lock").insert(at);
     }
 
-    /// Whether a retry came due, which the sender then reads; forgets it.
+    /// Whether a retry came due, which the sender then reads; forgets those that did.
     fn take_due(&self) -> bool {
-        let mut next = self.next.lock().expect("retries lock");
-        // In whole milliseconds, as the sleep until it is measured.
+        // In whole milliseconds, as the sleep until one is measured.
         let now = Timestamp::now().as_millisecond();
-        let due = next.is_some_and(|at| at.as_millisecond() <= now);
-        if due {
-            *next = None;
-        }
-        due
+        let mut at = self.at.lock().expect("retries lock");
+        let before = at.len();
+        at.retain(|t| t.as_millisecond() > now);
+        at.len() < before
     }
 
     fn next(&self) -> Option<Timestamp> {
-        *self.next.lock().expect("retries lock")
+        self.at.lock().expect("retries lock").first().copied()
     }
 
     async fn learn_from(&self, store: &Store) {
-        match store.next_outbox_due().await {
+        match store.next_outbox_retry(Timestamp::now()).await {
             Ok(Some(at)) => self.schedule(at),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot read when the next retry is due"),
@@ -481,6 +487,26 @@ mod tests {
             assert!(part.encode_utf16().count() <= 4096);
             assert!(!part.starts_with(' '));
         }
+    }
+
+    #[test]
+    fn a_retry_coming_due_keeps_the_later_ones() {
+        let retries = Retries::default();
+        let (past, soon, later) = (
+            Timestamp::now() - Duration::from_millis(5),
+            Timestamp::now() + Duration::from_secs(1),
+            Timestamp::now() + Duration::from_secs(9),
+        );
+        retries.schedule(later);
+        retries.schedule(soon);
+        assert!(!retries.take_due(), "nothing is due yet");
+        retries.schedule(past);
+        assert!(retries.take_due());
+        assert!(!retries.take_due(), "a due retry is taken once");
+        assert_eq!(retries.next(), Some(soon));
+        retries.schedule(past);
+        assert!(retries.take_due());
+        assert_eq!(retries.next(), Some(soon), "the later ones stay");
     }
 
     #[test]

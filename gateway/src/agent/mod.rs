@@ -39,7 +39,7 @@ use crate::tasks::{ConversationTasks, Lookout};
 
 /// Messages read for a run's prompt before the context budget trims them.
 const HISTORY_MESSAGES: u32 = 200;
-/// Longest sleep of the scheduler and the follow-up timer when nothing wakes them.
+/// Time between the scheduler's safety passes; the follow-up timer's longest sleep.
 const IDLE: Duration = Duration::from_secs(30);
 /// A run still working after this long shows the chat a typing indicator.
 const TYPING_AFTER: Duration = Duration::from_millis(500);
@@ -116,6 +116,8 @@ impl Agent {
         let max = self.config.borrow().agent.max_concurrent_runs;
         let mut tasks = ConversationTasks::default();
         let mut lookout = Lookout::default();
+        // A read now and then whatever happens: it picks up a run a failing store left queued.
+        let mut safety_pass = tokio::time::Instant::now() + IDLE;
         loop {
             for freed in tasks.reap() {
                 lookout.finished(Some(freed));
@@ -139,8 +141,10 @@ impl Agent {
                 _ = shutdown.cancelled() => break,
                 news = self.store.runs_ready() => lookout.news(news, tasks.busy()),
                 freed = tasks.next_finished() => lookout.finished(freed),
-                // Also picks up a run a failing store left queued.
-                _ = tokio::time::sleep(IDLE) => lookout.timer(),
+                _ = tokio::time::sleep_until(safety_pass) => {
+                    lookout.timer();
+                    safety_pass = tokio::time::Instant::now() + IDLE;
+                }
             }
         }
         if tasks.len() > 0 {

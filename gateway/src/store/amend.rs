@@ -101,6 +101,10 @@ pub(super) fn apply(cx: &mut Ctx<'_>, amend: &Amend) -> Result<Written, StoreErr
                      WHERE id = ? AND state = 'queued' AND parts_sent = 0",
                     params![cx.now, id],
                 )? == 1;
+            if called_off {
+                // The rows queued behind it may go now.
+                cx.wake.outbox.push(parse_id(&found.conversation_id)?);
+            }
             // Nothing of it reached the provider: there is nothing to delete there.
             let local_only = called_off || found.send_state.as_deref() == Some("failed");
             // Otherwise the text stays until the provider confirms, so that a refusal can

@@ -20,7 +20,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -156,6 +156,8 @@ pub struct Store {
     outbox_ready: Arc<News>,
     /// The conversations durable writes queued agent runs for.
     runs_ready: Arc<News>,
+    /// Set for good when the disk failed a sync: the store then takes no writes.
+    sync_failed: Arc<AtomicBool>,
 }
 
 /// The running writer, publisher and checkpointer.
@@ -243,7 +245,7 @@ impl Store {
         };
         let writer = write::Writer {
             committed,
-            sync_failed,
+            sync_failed: sync_failed.clone(),
             metrics,
             policy,
             max_batch: config.max_batch,
@@ -261,6 +263,7 @@ impl Store {
                 commands: commands.clone(),
                 outbox_ready,
                 runs_ready,
+                sync_failed,
             },
             WriterHandle {
                 writer,
@@ -353,7 +356,7 @@ impl Store {
 
     /// True while the writer accepts work.
     pub fn is_writable(&self) -> bool {
-        !self.commands.is_closed()
+        !self.commands.is_closed() && !self.sync_failed.load(Ordering::SeqCst)
     }
 
     pub fn reads(&self) -> &SqlitePool {
@@ -540,14 +543,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
         // The syncer opens the WAL at its first sync; without the file, that sync fails.
-        std::fs::remove_file(wal_path(&dir.path().join(DB_FILE))).unwrap();
-        for n in ["1", "2"] {
-            let refused = store.ingest(message(n, "hello")).await;
-            assert!(
-                matches!(refused, Err(StoreError::NotDurable)),
-                "write {n}: {refused:?}"
-            );
-        }
+        let wal = wal_path(&dir.path().join(DB_FILE));
+        std::fs::remove_file(&wal).unwrap();
+        assert!(store.is_writable());
+        let refused = store.ingest(message("1", "hello")).await;
+        assert!(
+            matches!(refused, Err(StoreError::NotDurable)),
+            "{refused:?}"
+        );
+        // A sync would work again now; the store must not trust it.
+        std::fs::write(&wal, b"").unwrap();
+        let refused = store.ingest(message("2", "hello")).await;
+        assert!(
+            matches!(refused, Err(StoreError::NotDurable)),
+            "{refused:?}"
+        );
+        assert!(!store.is_writable(), "not ready for writes any more");
         writer.finish().await;
     }
 

@@ -357,11 +357,13 @@ impl Store {
         rows.into_iter().map(OutboxRow::into_item).collect()
     }
 
-    /// When the next queued row comes due, if any.
-    pub async fn next_outbox_due(&self) -> Result<Option<Timestamp>, StoreError> {
+    /// When the next undelivered row waiting for a retry after `now` comes due, if any.
+    pub async fn next_outbox_retry(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
         let at: Option<i64> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM outbox WHERE state IN ('queued', 'sending')",
+            "SELECT min(next_attempt_at) FROM outbox
+             WHERE state IN ('queued', 'sending') AND next_attempt_at > ?",
         )
+        .bind(ms(now))
         .fetch_one(&self.reads)
         .await?;
         at.map(super::from_ms).transpose()

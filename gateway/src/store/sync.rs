@@ -96,7 +96,15 @@ impl Syncer {
         let started = Instant::now();
         let file = match wal {
             Some(file) => file,
-            None => wal.insert(File::open(&self.wal)?),
+            None => {
+                let file = File::open(&self.wal)?;
+                // SQLite makes a new WAL at each start (a clean stop deletes it) and, with
+                // its own syncs off, would not sync the directory entry before our answers.
+                if let Some(dir) = self.wal.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+                wal.insert(file)
+            }
         };
         file.sync_data()?;
         self.metrics.store_sync(started.elapsed());

@@ -451,14 +451,19 @@ fn classify<T: DeserializeOwned>(status: u16, body: &[u8]) -> Result<T, ApiError
     Err(error_for(code, description, envelope.parameters))
 }
 
+/// The longest `retry_after` taken from Telegram.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 fn error_for(code: u16, description: String, parameters: Option<ResponseParameters>) -> ApiError {
     match code {
         429 => {
-            // Never zero: a caller that sleeps for it must not spin.
+            // Never zero: a caller that sleeps for it must not spin. Never more than an hour
+            // either: the wait is added to clocks, and an absurd one would overflow them.
             let secs = parameters
                 .and_then(|p| p.retry_after)
                 .filter(|&secs| secs > 0)
-                .unwrap_or(1);
+                .unwrap_or(1)
+                .min(MAX_RETRY_AFTER_SECS);
             ApiError::RateLimited {
                 retry_after: Duration::from_secs(secs),
             }
@@ -575,6 +580,12 @@ mod tests {
                 ApiError::RateLimited { retry_after } if retry_after == Duration::from_secs(1)
             ));
         }
+        let absurd =
+            json!({"ok": false, "error_code": 429, "parameters": {"retry_after": u64::MAX}});
+        assert!(matches!(
+            fail(429, absurd),
+            ApiError::RateLimited { retry_after } if retry_after == Duration::from_secs(3600)
+        ));
         let unauthorized = json!({"ok": false, "error_code": 401, "description": "Unauthorized"});
         assert!(matches!(fail(401, unauthorized), ApiError::Unauthorized));
         let blocked = json!({"ok": false, "error_code": 403, "description": "Forbidden: bot was blocked by the user"});
