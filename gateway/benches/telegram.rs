@@ -27,9 +27,9 @@
 //!   its queued run, the run's outcome with the reply and its outbox row, the send attempt
 //!   recorded before `sendMessage`), each a commit plus a sync of the WAL (the syncer
 //!   overlaps the fsync with the writer's next group), plus the poll cycle. That is
-//!   p50 6–7 ms / p99 10–14 ms at 300/s and p50 15–16 ms / p99 25–33 ms at 600/s. At 1,000/s the two
-//!   cores are about 80% busy (gateway 1.25 cores, fakes 0.3, the kernel's disk and
-//!   network work beside them), so queueing sets the tail. Most of the gateway's CPU is
+//!   p50 6–7 ms / p99 10–14 ms at 300/s and p50 15–16 ms / p99 25–33 ms at 600/s. At
+//!   1,000/s the two cores are about 80% busy (gateway 1.25 cores, fakes 0.3, the
+//!   kernel's disk and network work beside them), so queueing sets the tail. Most of the gateway's CPU is
 //!   per commit, per wake-up and per read rather than per reply: CPU per reply falls from
 //!   3.1 ms at 300/s to 1.25 ms at 1,000/s as groups grow. Checkpointing after every
 //!   sync is 10–17% of it; spacing checkpoints out (every 15–200 ms, or every 4th sync)
