@@ -66,23 +66,19 @@ impl Syncer {
         while let Ok(first) = committed.recv() {
             groups.push(first);
             groups.extend(committed.try_iter());
-            let synced = match self.sync(&mut wal) {
-                Ok(()) => true,
-                Err(e) => {
-                    if !self.failed.swap(true, Ordering::SeqCst) {
-                        tracing::error!(wal = %self.wal.display(), error = %e, "cannot make committed writes durable; the store refuses writes until the gateway restarts");
-                    }
-                    false
-                }
-            };
+            if !self.failed.load(Ordering::SeqCst)
+                && let Err(e) = self.sync(&mut wal)
+            {
+                self.failed.store(true, Ordering::SeqCst);
+                tracing::error!(wal = %self.wal.display(), error = %e, "cannot make committed writes durable; the store refuses writes until the gateway restarts");
+            }
+            let failed = self.failed.load(Ordering::SeqCst);
             for group in groups.drain(..) {
-                if synced && !self.failed.load(Ordering::SeqCst) {
-                    self.hand_out(group);
-                } else {
+                if failed {
                     self.metrics.store_commit_failed();
-                    for (reply, _) in group.answers {
-                        let _ = reply.send(Err(StoreError::NotDurable));
-                    }
+                    refuse(group.answers.into_iter().map(|(reply, _)| reply));
+                } else {
+                    self.hand_out(group);
                 }
             }
         }
@@ -131,5 +127,12 @@ impl Syncer {
         if publish {
             let _ = self.published.blocking_send(group.changes);
         }
+    }
+}
+
+/// Answers writes that cannot be known durable.
+pub(super) fn refuse(replies: impl IntoIterator<Item = Reply>) {
+    for reply in replies {
+        let _ = reply.send(Err(StoreError::NotDurable));
     }
 }

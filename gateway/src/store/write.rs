@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use ulid::Generator;
 
 use super::publish::{Change, Changes};
-use super::sync::Committed;
+use super::sync::{self, Committed};
 use super::{
     IngestOutcome, Job, StoreError, Write, Written, agent, amend, channels, inbox, ms, outbox,
 };
@@ -74,9 +74,7 @@ impl Writer {
 
     fn commit_group(&mut self, batch: &mut Vec<Job>) {
         if self.sync_failed.load(Ordering::SeqCst) {
-            for job in batch.drain(..) {
-                let _ = job.reply.send(Err(StoreError::NotDurable));
-            }
+            sync::refuse(batch.drain(..).map(|job| job.reply));
             return;
         }
         let started = Instant::now();
@@ -105,9 +103,7 @@ impl Writer {
                 };
                 // The syncer outlives the writer: it ends when this sender is dropped.
                 if let Err(unsent) = self.committed.send(committed) {
-                    for (reply, _) in unsent.0.answers {
-                        let _ = reply.send(Err(StoreError::NotDurable));
-                    }
+                    sync::refuse(unsent.0.answers.into_iter().map(|(reply, _)| reply));
                 }
             }
             Err(e) => {
