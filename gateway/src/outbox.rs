@@ -6,18 +6,21 @@
 //! backoff and jitter (or after the provider's `retry_after`). Before each attempt that could
 //! reach the provider and then fail (a timeout), the attempt is recorded; such an attempt —
 //! or one a crash interrupted — is reconciled with the provider before anything is sent
-//! again, where the provider makes that possible.
+//! again, where the provider makes that possible. A send queued with nothing ahead of it
+//! has its first attempt recorded with it and comes from the store whole, once durable, so
+//! the common reply costs neither a read nor a write before it goes out.
 //!
 //! Changes to messages already sent (edits, deletions, reactions) travel the same queue, in
 //! order behind the send they change, through the connector's capability. They are safe to
 //! repeat, so they are retried without reconciling; one refused for good is undone in the
 //! store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use moltbot_protocol::ids::ConversationId;
 use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -45,74 +48,149 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut tasks = ConversationTasks::default();
-    let mut lookout = Lookout::default();
     let retries = Arc::new(Retries::default());
     // Rows a previous run left waiting for a retry.
     retries.learn_from(&store).await;
+    let mut sender = Sender {
+        store,
+        connectors,
+        metrics,
+        retries,
+        tasks: ConversationTasks::default(),
+        lookout: Lookout::default(),
+        handed: VecDeque::new(),
+    };
     // A read now and then whatever happens: it finds what nothing announced (a row whose
     // delivery step the store refused, the rows of a connection added back by a reload).
     let mut safety_pass = Instant::now() + POLL;
     loop {
-        for freed in tasks.reap() {
-            lookout.finished(Some(freed));
+        for freed in sender.tasks.reap() {
+            sender.freed(freed);
         }
-        if retries.take_due() {
-            lookout.timer();
+        if sender.retries.take_due() {
+            sender.lookout.timer();
         }
-        let room = MAX_CONVERSATIONS_IN_FLIGHT - tasks.len();
-        if room > 0 && lookout.due() {
-            match store.due_outbox(room, tasks.busy()).await {
-                Ok(items) => {
-                    lookout.read(items.len(), room);
-                    for item in items {
-                        let Some(connector) = connectors.get(&item.connection).cloned() else {
-                            // The connection was removed from the config; its messages wait for it.
-                            tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
-                            continue;
-                        };
-                        // The rows behind it are read once its task is done.
-                        if item.more {
-                            lookout.hold(item.conversation_id);
-                        }
-                        let delivery = Delivery {
-                            store: store.clone(),
-                            metrics: metrics.clone(),
-                            connector,
-                            retries: retries.clone(),
-                        };
-                        tasks.spawn(item.conversation_id, async move {
-                            delivery.deliver(item).await;
-                        });
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the outbox"),
-            }
-        }
-        let wake = retries.next().map_or(safety_pass, |at| {
+        sender.start_handed();
+        sender.read().await;
+        let wake = sender.retries.next().map_or(safety_pass, |at| {
             safety_pass.min(Instant::now() + until(at))
         });
         tokio::select! {
+            // Handed sends before news: a row queued behind one must find it taken.
+            biased;
             _ = shutdown.cancelled() => break,
-            news = store.outbox_ready() => lookout.news(news, tasks.busy()),
-            freed = tasks.next_finished() => lookout.finished(freed),
+            handed = sender.store.handed_sends() => sender.handed.extend(handed),
+            news = sender.store.outbox_ready() => sender.lookout.news(news, sender.tasks.busy()),
+            freed = sender.tasks.next_finished() => {
+                if let Some(freed) = freed {
+                    sender.freed(freed);
+                }
+            }
             // A retry's time is seen by `take_due` above.
             _ = tokio::time::sleep_until(wake) => {
                 if Instant::now() >= safety_pass {
-                    lookout.timer();
-                    retries.learn_from(&store).await;
+                    sender.lookout.timer();
+                    sender.retries.learn_from(&sender.store).await;
                     safety_pass = Instant::now() + POLL;
                 }
             }
         }
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.join_all())
+    if tokio::time::timeout(SHUTDOWN_GRACE, sender.tasks.join_all())
         .await
         .is_err()
     {
         tracing::warn!(
             "deliveries still running at shutdown were cut off; they are reconciled at the next start"
         );
+    }
+}
+
+/// The sender's loop state: a task per conversation delivering, and the handed sends
+/// waiting for their conversation or for room.
+struct Sender {
+    store: Store,
+    connectors: Connectors,
+    metrics: Arc<Metrics>,
+    retries: Arc<Retries>,
+    tasks: ConversationTasks,
+    lookout: Lookout,
+    handed: VecDeque<OutboxItem>,
+}
+
+impl Sender {
+    fn room(&self) -> usize {
+        MAX_CONVERSATIONS_IN_FLIGHT - self.tasks.len()
+    }
+
+    /// A conversation's task finished. If a send was handed for it meanwhile, that goes
+    /// next and the conversation stays busy, keeping any news it had for after it.
+    fn freed(&mut self, conversation: ConversationId) {
+        if !self
+            .handed
+            .iter()
+            .any(|item| item.conversation_id == conversation)
+        {
+            self.lookout.finished(Some(conversation));
+        }
+    }
+
+    /// Starts the handed sends whose conversation is free, while there is room.
+    fn start_handed(&mut self) {
+        let mut blocked = VecDeque::new();
+        while let Some(item) = self.handed.pop_front() {
+            if self.room() > 0 && !self.tasks.busy().contains(&item.conversation_id) {
+                self.start(item);
+            } else {
+                blocked.push_back(item);
+            }
+        }
+        self.handed = blocked;
+    }
+
+    /// Reads the heads of the queues when the lookout says so, and starts them.
+    async fn read(&mut self) {
+        let room = self.room();
+        if room == 0 || !self.lookout.due() {
+            return;
+        }
+        let items = match self.store.due_outbox(room, self.tasks.busy()).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the outbox");
+                return;
+            }
+        };
+        self.lookout.read(items.len(), room);
+        for item in items {
+            // The rows behind it are read once its task is done.
+            if item.more {
+                self.lookout.hold(item.conversation_id);
+            }
+            // A handed send comes whole with its news (or came, and waits for room).
+            let handed =
+                self.store.is_handed(item.id) || self.handed.iter().any(|h| h.id == item.id);
+            if !handed {
+                self.start(item);
+            }
+        }
+    }
+
+    fn start(&mut self, item: OutboxItem) {
+        let Some(connector) = self.connectors.get(&item.connection).cloned() else {
+            // The connection was removed from the config; its messages wait for it.
+            tracing::debug!(connection = %item.connection, "no such connection; message stays queued");
+            return;
+        };
+        let delivery = Delivery {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            connector,
+            retries: self.retries.clone(),
+        };
+        self.tasks.spawn(item.conversation_id, async move {
+            delivery.deliver(item).await;
+        });
     }
 }
 
@@ -239,12 +317,16 @@ impl Delivery {
         let parts = split_text(&item.text, connector.max_text_len(), |c| {
             connector.char_len(c)
         });
-        let mut in_doubt = item.in_doubt;
+        // Only a connector whose sends can be ambiguous leaves rows in doubt; any other's
+        // handed row is written `sending` all the same.
+        let mut in_doubt = item.in_doubt && connector.sends_may_be_ambiguous();
         let mut hint = item.attempt_hint.clone();
         let mut attempts = item.attempts;
+        let mut begun = item.begun;
         let mut index = item.parts_sent as usize;
         while let Some(text) = parts.get(index) {
             let part = OutgoingPart {
+                message: item.message_id,
                 chat: &item.chat,
                 kind: item.kind,
                 text,
@@ -283,17 +365,20 @@ impl Delivery {
                     }
                 }
             }
-            attempts += 1;
-            if connector.sends_may_be_ambiguous() {
-                hint = connector.attempt_hint(&part).await;
-                let begun = self
-                    .step(OutboxWrite::BeginAttempt {
-                        row: item.id,
-                        hint: hint.clone(),
-                    })
-                    .await;
-                if !begun {
-                    return;
+            // A handed send's first attempt was recorded with it.
+            if !std::mem::take(&mut begun) {
+                attempts += 1;
+                if connector.sends_may_be_ambiguous() {
+                    hint = connector.attempt_hint(&part).await;
+                    let recorded = self
+                        .step(OutboxWrite::BeginAttempt {
+                            row: item.id,
+                            hint: hint.clone(),
+                        })
+                        .await;
+                    if !recorded {
+                        return;
+                    }
                 }
             }
             match connector.send(&part).await {

@@ -455,13 +455,58 @@ async fn a_send_that_timed_out_after_arriving_is_reconciled_not_sent_twice() {
     setup
         .telegram
         .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
-    let message = eventually("the reply marked sent", &gateway, async || {
-        let run = runs(&gateway)
+    reconciled_once(&setup, &gateway).await;
+}
+
+/// The reply reached Telegram, then the gateway was killed before it heard so. The send was
+/// handed to the sender with its attempt recorded as the reply was written, so no attempt
+/// hint was stored: the restart finds where the chat's ids stood from the stored messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_that_arrived_just_before_a_kill_is_not_sent_again() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let mut gateway = start(&config).await;
+    setup.model.enqueue(Reply::Text("only once please".into()));
+    setup.telegram.fail_next(
+        BOT,
+        "sendMessage",
+        Failure::Stall {
+            after_apply: true,
+            duration: Duration::from_secs(30),
+        },
+    );
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
+    let arrived = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(arrived.len(), 1);
+    gateway.signal(libc::SIGKILL);
+    gateway.wait(Duration::from_secs(5));
+    let restarted = start(&config).await;
+    reconciled_once(&setup, &restarted).await;
+    // Anything sent twice would show by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        setup.telegram.sent(BOT).len(),
+        1,
+        "{}",
+        restarted.log_text()
+    );
+}
+
+/// Waits for the one reply to be marked sent after an ambiguous attempt, and checks that
+/// it was found by probing, not sent again, and that probing changed nothing.
+async fn reconciled_once(setup: &Setup, gateway: &Gateway) {
+    let message = eventually("the reply marked sent", gateway, async || {
+        let run = runs(gateway)
             .await
             .into_iter()
             .find(|r| r["reply_message_id"].is_string())?;
         let message = get(
-            &gateway,
+            gateway,
             &format!("/v1/messages/{}", run["reply_message_id"].as_str().unwrap()),
         )
         .await;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use jiff::Timestamp;
 use moltbot_protocol::event::{ConnectionState, ConnectionStateChanged, ConversationKind};
 use moltbot_protocol::event::{EventBody, Source};
+use moltbot_protocol::ids::MessageId;
 use moltbot_protocol::{Channel, Event};
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -31,6 +32,8 @@ use crate::store::Store;
 /// One part of an outbound message, as a connector delivers it.
 #[derive(Clone, Copy, Debug)]
 pub struct OutgoingPart<'a> {
+    /// The stored message the part belongs to.
+    pub message: MessageId,
     /// The conversation as the provider names it.
     pub chat: &'a str,
     pub kind: ConversationKind,
@@ -101,7 +104,9 @@ pub trait Connector: Send + Sync + 'static {
     async fn attempt_hint(&self, _part: &OutgoingPart<'_>) -> Option<String> {
         None
     }
-    /// Finds out whether an attempt that may have reached the provider did.
+    /// Finds out whether an attempt that may have reached the provider did; `hint` is what
+    /// [`Connector::attempt_hint`] gave before it, if that was recorded (a send handed out
+    /// with its first attempt recorded has none).
     async fn reconcile(&self, _part: &OutgoingPart<'_>, _hint: Option<&str>) -> Reconciled {
         Reconciled::Unknown
     }

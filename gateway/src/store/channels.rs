@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 use moltbot_protocol::EventId;
 use moltbot_protocol::event::{ConnectionState, Source};
+use moltbot_protocol::ids::MessageId;
 use moltbot_protocol::inbox::{ConnectionStatusView, PairingRequestView, PairingState};
 use rand::Rng;
 use rusqlite::params;
@@ -303,20 +304,23 @@ impl Store {
         .map(drop)
     }
 
-    /// The highest numeric provider message id stored in a conversation (inbound, or the
-    /// first part of an outbound message): where a provider's numbering stood.
-    pub async fn last_provider_message_id(
-        &self,
-        connection: &str,
-        chat: &str,
-    ) -> Result<Option<i64>, StoreError> {
+    /// Where a provider's numbering stood before `message` went out: the highest numeric
+    /// provider id among the messages of its conversation stored before it, and the parts of
+    /// it already sent. The messages stored after it are left out, since the provider may
+    /// have numbered them after it; the ones before it were numbered before it, as they
+    /// arrived before it was written, or, being ours, went out ahead of it.
+    pub async fn provider_ids_before(&self, message: MessageId) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT max(CAST(m.provider_message_id AS INTEGER)) FROM messages m
-             JOIN conversations c ON c.id = m.conversation_id
-             WHERE c.connection = ? AND c.provider_id = ? AND m.provider_message_id IS NOT NULL",
+            "SELECT max(id) FROM (
+                 SELECT CAST(p.provider_message_id AS INTEGER) AS id
+                 FROM messages m JOIN messages p ON p.conversation_id = m.conversation_id
+                 WHERE m.id = ?1 AND p.seq < m.seq AND p.provider_message_id IS NOT NULL
+                 UNION ALL
+                 SELECT CAST(part.value AS INTEGER)
+                 FROM outbox o, json_each(o.provider_message_ids) part
+                 WHERE o.id = ?1 AND o.kind = 'send')",
         )
-        .bind(connection)
-        .bind(chat)
+        .bind(message.to_string())
         .fetch_one(&self.reads)
         .await?)
     }

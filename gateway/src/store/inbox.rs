@@ -473,13 +473,22 @@ pub(super) fn insert_outbound(
         return Ok((parse_id(&id)?, true));
     }
     let conversation_id = new.conversation_id.to_string();
-    let connection = cx
+    let (connection, chat, kind) = cx
         .query_optional(
-            "SELECT connection FROM conversations WHERE id = ?",
+            "SELECT connection, provider_id, kind FROM conversations WHERE id = ?",
             [&conversation_id],
-            |r| r.get::<_, String>(0),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )?
         .ok_or(StoreError::NotFound("conversation"))?;
+    let kind = kind
+        .parse()
+        .map_err(|e| StoreError::Corrupt(format!("{e}")))?;
     let message_id = MessageId(cx.new_id());
     let event_id = cx.new_id().to_string();
     let id_text = message_id.to_string();
@@ -499,15 +508,16 @@ pub(super) fn insert_outbound(
             cx.now,
         ],
     )?;
-    outbox::queue(
+    outbox::queue_send(
         cx,
-        outbox::NewRow {
-            id: message_id.0,
+        outbox::NewSend {
             message_id,
             conversation_id: new.conversation_id,
             connection: &connection,
-            operation: &outbox::Operation::Send,
-            previous: None,
+            chat: &chat,
+            kind,
+            text: new.text,
+            reply_to: new.reply_to.as_deref(),
         },
     )?;
     cx.changed(Change::MessageCreated(message_id));

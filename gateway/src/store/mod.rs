@@ -156,6 +156,8 @@ pub struct Store {
     outbox_ready: Arc<News>,
     /// The conversations durable writes queued agent runs for.
     runs_ready: Arc<News>,
+    /// Sends handed to the sender whole.
+    handed: Arc<outbox::Handed>,
     /// Set for good when the disk failed a sync: the store then takes no writes.
     sync_failed: Arc<AtomicBool>,
 }
@@ -229,6 +231,7 @@ impl Store {
         let (wal_grew, committed_pages) = mpsc::channel(1);
         let outbox_ready = Arc::new(News::default());
         let runs_ready = Arc::new(News::default());
+        let handed = Arc::new(outbox::Handed::default());
         let sync_failed = Arc::new(AtomicBool::new(false));
         // A few groups ahead of the disk at most; beyond that the writer waits for the syncer.
         let (committed, durable) = std::sync::mpsc::sync_channel(64);
@@ -242,10 +245,12 @@ impl Store {
             metrics: metrics.clone(),
             outbox_ready: outbox_ready.clone(),
             runs_ready: runs_ready.clone(),
+            handed: handed.clone(),
         };
         let writer = write::Writer {
             committed,
             sync_failed: sync_failed.clone(),
+            handed: handed.clone(),
             metrics,
             policy,
             max_batch: config.max_batch,
@@ -263,6 +268,7 @@ impl Store {
                 commands: commands.clone(),
                 outbox_ready,
                 runs_ready,
+                handed,
                 sync_failed,
             },
             WriterHandle {
@@ -346,6 +352,18 @@ impl Store {
     /// one if there is none.
     pub(crate) async fn outbox_ready(&self) -> HashSet<ConversationId> {
         self.outbox_ready.take().await
+    }
+
+    /// Sends handed to the sender since the last call, to deliver without reading them back
+    /// or recording their first attempt; waits for one if there is none.
+    pub(crate) async fn handed_sends(&self) -> Vec<OutboxItem> {
+        self.handed.take().await
+    }
+
+    /// Whether a row read from the outbox is a handed send, to be taken with
+    /// [`Store::handed_sends`] rather than delivered from the read.
+    pub(crate) fn is_handed(&self, row: ulid::Ulid) -> bool {
+        self.handed.holds(row)
     }
 
     /// The conversations that got agent runs queued since the last call; waits for one if
@@ -559,6 +577,91 @@ mod tests {
             "{refused:?}"
         );
         assert!(!store.is_writable(), "not ready for writes any more");
+        writer.finish().await;
+    }
+
+    /// A send into a conversation with nothing else undelivered is written with its first
+    /// attempt begun and handed over whole once durable; one queued behind it is not.
+    #[tokio::test]
+    async fn a_send_with_nothing_ahead_is_handed_over_with_its_attempt_recorded() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = store
+            .ingest(message("5", "hello"))
+            .await
+            .unwrap()
+            .conversation_id
+            .unwrap();
+        let send = |txn: &str, text: &str| OutboundMessage {
+            conversation_id: conversation,
+            txn_id: txn.into(),
+            text: text.into(),
+        };
+        let (first, _) = store.send(send("t1", "first")).await.unwrap();
+        assert!(store.is_handed(first.0), "held for the sender once durable");
+        let handed = store.handed_sends().now_or_never().expect("ready at once");
+        assert_eq!(handed.len(), 1);
+        let item = &handed[0];
+        assert_eq!((item.id, item.message_id), (first.0, first));
+        assert_eq!((item.chat.as_str(), item.text.as_str()), ("chat", "first"));
+        assert_eq!((item.attempts, item.begun, item.in_doubt), (1, true, false));
+        assert!(!store.is_handed(first.0), "taken once");
+
+        let (second, _) = store.send(send("t2", "second")).await.unwrap();
+        assert!(!store.is_handed(second.0));
+        assert!(
+            store.handed_sends().now_or_never().is_none(),
+            "queued, not handed"
+        );
+        // Read back, the handed row is in doubt: after a crash nobody knows whether it went.
+        let due = store.due_outbox(10, &HashSet::new()).await.unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(
+            (due[0].id, due[0].in_doubt, due[0].more),
+            (first.0, true, true)
+        );
+        assert_eq!(due[0].attempts, 1);
+        writer.finish().await;
+    }
+
+    /// The provider's numbering before a message: what was stored before it and its own
+    /// parts already sent, never what came after it.
+    #[tokio::test]
+    async fn provider_ids_before_a_message_leave_out_what_came_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = store
+            .ingest(message("7", "hello"))
+            .await
+            .unwrap()
+            .conversation_id
+            .unwrap();
+        store.ingest(message("5", "older, late")).await.unwrap();
+        let (reply, _) = store
+            .send(OutboundMessage {
+                conversation_id: conversation,
+                txn_id: "t1".into(),
+                text: "reply".into(),
+            })
+            .await
+            .unwrap();
+        store
+            .ingest(message("12", "after the reply"))
+            .await
+            .unwrap();
+        assert_eq!(store.provider_ids_before(reply).await.unwrap(), Some(7));
+        store
+            .outbox_step(outbox::OutboxWrite::PartSent {
+                row: reply.0,
+                message_id: reply,
+                part: 0,
+                provider_message_id: Some("9".into()),
+                last: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.provider_ids_before(reply).await.unwrap(), Some(9));
         writer.finish().await;
     }
 

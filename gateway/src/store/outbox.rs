@@ -2,16 +2,23 @@
 //! attempt begins; `sending` while the provider may have it, so a crash or a timeout in
 //! that window is reconciled rather than resent blindly; then `sent` or `failed`.
 //!
+//! A send queued while nothing else of its conversation waits goes out next. It is written
+//! `sending` at once, its first attempt recorded with the message, and handed to the sender
+//! whole once durable ([`Handed`]): the sender neither reads it back nor records an attempt
+//! before sending it, which took a read and a durable write off every reply.
+//!
 //! A row is a send (its id is the message's) or a change to a message already sent: an
 //! edit, a deletion, a reaction added or taken back. Changes are safe to repeat, so they
 //! never need reconciling; one that fails for good puts the message back as it was.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use jiff::Timestamp;
 use moltbot_protocol::event::ConversationKind;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use rusqlite::params;
+use tokio::sync::Notify;
 use ulid::Ulid;
 
 use super::publish::Change;
@@ -115,8 +122,76 @@ pub struct OutboxItem {
     pub attempts: u32,
     pub parts_sent: u32,
     pub attempt_hint: Option<String>,
+    /// The next attempt (the `attempts`th) is recorded already and was not made yet: the
+    /// row was handed to the sender as it was queued.
+    pub begun: bool,
     /// More undelivered rows of the conversation wait behind this one.
     pub more: bool,
+}
+
+/// Sends handed to the sender with their news rather than read back from the outbox.
+#[derive(Default)]
+pub(crate) struct Handed {
+    /// Rows committed as handed: `None` until durable, then the item until the sender takes it.
+    rows: Mutex<HashMap<Ulid, Option<OutboxItem>>>,
+    ready: Notify,
+}
+
+impl Handed {
+    /// Called before the commit that makes the rows visible, so that no read of the outbox
+    /// ever takes one of them for a row in doubt.
+    pub(super) fn claim(&self, items: &[OutboxItem]) {
+        let mut rows = self.rows.lock().expect("handed lock");
+        rows.extend(items.iter().map(|item| (item.id, None)));
+    }
+
+    /// The commit failed: the rows do not exist.
+    pub(super) fn release(&self, items: &[OutboxItem]) {
+        let mut rows = self.rows.lock().expect("handed lock");
+        for item in items {
+            rows.remove(&item.id);
+        }
+    }
+
+    /// The rows are durable: the sender may take them.
+    pub(super) fn durable(&self, items: Vec<OutboxItem>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut rows = self.rows.lock().expect("handed lock");
+        for item in items {
+            rows.insert(item.id, Some(item));
+        }
+        self.ready.notify_one();
+    }
+
+    /// Waits for durable handed sends and takes them all, oldest first. Cancel-safe: they
+    /// are taken only by the poll that returns them.
+    pub(crate) async fn take(&self) -> Vec<OutboxItem> {
+        loop {
+            let mut taken: Vec<OutboxItem> = {
+                let mut rows = self.rows.lock().expect("handed lock");
+                let ready: Vec<Ulid> = rows
+                    .iter()
+                    .filter_map(|(id, item)| item.is_some().then_some(*id))
+                    .collect();
+                ready
+                    .into_iter()
+                    .filter_map(|id| rows.remove(&id).flatten())
+                    .collect()
+            };
+            if !taken.is_empty() {
+                taken.sort_by_key(|item| item.id);
+                return taken;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Whether a row read from the outbox is a handed one the sender has yet to take.
+    pub(crate) fn holds(&self, row: Ulid) -> bool {
+        self.rows.lock().expect("handed lock").contains_key(&row)
+    }
 }
 
 pub(super) fn apply(cx: &mut Ctx<'_>, write: &OutboxWrite) -> Result<Written, StoreError> {
@@ -237,11 +312,74 @@ pub(super) struct NewRow<'a> {
     pub(super) previous: Option<&'a str>,
 }
 
+/// Queues a change to a message already sent.
 pub(super) fn queue(cx: &mut Ctx<'_>, row: NewRow<'_>) -> Result<(), StoreError> {
+    insert(cx, &row, false)?;
+    cx.wake.outbox.push(row.conversation_id);
+    Ok(())
+}
+
+/// A new message to send, written in the transaction of its message row.
+pub(super) struct NewSend<'a> {
+    pub(super) message_id: MessageId,
+    pub(super) conversation_id: ConversationId,
+    pub(super) connection: &'a str,
+    pub(super) chat: &'a str,
+    pub(super) kind: ConversationKind,
+    pub(super) text: &'a str,
+    pub(super) reply_to: Option<&'a str>,
+}
+
+/// Queues a send; hands it to the sender if nothing else of its conversation waits.
+pub(super) fn queue_send(cx: &mut Ctx<'_>, send: NewSend<'_>) -> Result<(), StoreError> {
+    let conversation = send.conversation_id.to_string();
+    let waiting = cx
+        .query_optional(
+            "SELECT 1 FROM outbox WHERE conversation_id = ? AND state IN ('queued', 'sending') LIMIT 1",
+            [&conversation],
+            |_| Ok(()),
+        )?
+        .is_some();
+    let row = NewRow {
+        id: send.message_id.0,
+        message_id: send.message_id,
+        conversation_id: send.conversation_id,
+        connection: send.connection,
+        operation: &Operation::Send,
+        previous: None,
+    };
+    insert(cx, &row, !waiting)?;
+    if waiting {
+        cx.wake.outbox.push(send.conversation_id);
+    } else {
+        cx.wake.handed.push(OutboxItem {
+            id: row.id,
+            message_id: send.message_id,
+            conversation_id: send.conversation_id,
+            connection: send.connection.to_owned(),
+            chat: send.chat.to_owned(),
+            kind: send.kind,
+            operation: Operation::Send,
+            text: send.text.to_owned(),
+            reply_to: send.reply_to.map(str::to_owned),
+            targets: Vec::new(),
+            in_doubt: false,
+            attempts: 1,
+            parts_sent: 0,
+            attempt_hint: None,
+            begun: true,
+            more: false,
+        });
+    }
+    Ok(())
+}
+
+/// Writes a new row; a handed one with its first attempt begun.
+fn insert(cx: &mut Ctx<'_>, row: &NewRow<'_>, handed: bool) -> Result<(), StoreError> {
     cx.execute(
         "INSERT INTO outbox (id, message_id, kind, argument, previous, conversation_id, connection, state,
-                             next_attempt_at, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                             attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, CASE WHEN ? THEN 'sending' ELSE 'queued' END, ?, ?, ?, ?)",
         params![
             row.id.to_string(),
             row.message_id.to_string(),
@@ -250,12 +388,13 @@ pub(super) fn queue(cx: &mut Ctx<'_>, row: NewRow<'_>) -> Result<(), StoreError>
             row.previous,
             row.conversation_id.to_string(),
             row.connection,
+            handed,
+            u32::from(handed),
             cx.now,
             cx.now,
             cx.now
         ],
     )?;
-    cx.wake.outbox.push(row.conversation_id);
     Ok(())
 }
 
@@ -314,6 +453,7 @@ impl OutboxRow {
             attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
             parts_sent: u32::try_from(self.parts_sent).unwrap_or(0),
             attempt_hint: self.attempt_hint,
+            begun: false,
             more: self.more,
         })
     }

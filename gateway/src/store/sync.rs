@@ -8,8 +8,9 @@
 //! busy most of its time waiting for it.
 //!
 //! A group is visible to readers between its commit and its sync. A poll moves its offset
-//! only on answered writes, and the outbox records an attempt (a write, answered only when
-//! durable, and so covering everything committed before it) before a send. A change to a
+//! only on answered writes. A send goes out only after a durable write recorded its attempt
+//! (covering everything committed before it): the sender's own, or for a send handed to it,
+//! the write that queued it, handed only from here. A change to a
 //! sent message, a web-chat delivery or a model call made from such a read is not covered:
 //! a power cut in that window can leave the provider with a change the store lost.
 
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use super::outbox::Handed;
 use super::publish::Changes;
 use super::write::Wake;
 use super::{Reply, StoreError, Written};
@@ -53,6 +55,7 @@ pub(super) struct Syncer {
     pub(super) metrics: Arc<Metrics>,
     pub(super) outbox_ready: Arc<News>,
     pub(super) runs_ready: Arc<News>,
+    pub(super) handed: Arc<Handed>,
 }
 
 impl Syncer {
@@ -116,6 +119,8 @@ impl Syncer {
         for (reply, result) in group.answers {
             let _ = reply.send(result);
         }
+        // Before the news: a send queued behind a handed one must find it taken.
+        self.handed.durable(group.wake.handed);
         if !group.wake.outbox.is_empty() {
             self.outbox_ready.post(group.wake.outbox);
         }

@@ -39,6 +39,7 @@ pub(super) struct Writer {
     pub(super) committed: SyncSender<Committed>,
     /// Set by the syncer when the disk failed; see [`super::sync::Syncer::failed`].
     pub(super) sync_failed: Arc<AtomicBool>,
+    pub(super) handed: Arc<outbox::Handed>,
     pub(super) metrics: Arc<Metrics>,
     /// Whether and how a new message queues an agent run; the config may change it at reload.
     pub(super) policy: watch::Receiver<agent::RunPolicy>,
@@ -169,6 +170,7 @@ impl Writer {
                 group.changes.extend(changes);
                 group.wake.outbox.extend(wake.outbox);
                 group.wake.agent.extend(wake.agent);
+                group.wake.handed.extend(wake.handed);
             }
             group.results.push(result);
         }
@@ -185,7 +187,12 @@ impl Writer {
             )?;
         }
         indexed_up_to = index_new_messages(&tx, indexed_up_to)?;
-        tx.commit()?;
+        // Readers see the handed rows from the commit on; they must know them for handed.
+        self.handed.claim(&group.wake.handed);
+        if let Err(e) = tx.commit() {
+            self.handed.release(&group.wake.handed);
+            return Err(e.into());
+        }
         self.indexed_up_to = indexed_up_to;
         Ok(group)
     }
@@ -222,6 +229,8 @@ pub(super) struct Wake {
     pub(super) outbox: Vec<ConversationId>,
     /// Conversations with agent runs queued.
     pub(super) agent: Vec<ConversationId>,
+    /// Sends handed to the sender whole (see [`outbox::Handed`]).
+    pub(super) handed: Vec<outbox::OutboxItem>,
 }
 
 /// What one write works with inside its group's transaction.

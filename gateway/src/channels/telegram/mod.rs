@@ -509,22 +509,21 @@ impl Connector for Telegram {
     async fn attempt_hint(&self, part: &OutgoingPart<'_>) -> Option<String> {
         let chat = part.chat.parse::<i64>().ok()?;
         let known = self.last_ids.lock().expect("ids lock").get(&chat).copied();
-        let stored = match known {
-            Some(_) => None,
-            None => self
-                .store
-                .last_provider_message_id(&self.name, part.chat)
-                .await
-                .ok()
-                .flatten(),
-        };
-        known.or(stored).map(|id| id.to_string())
+        match known {
+            Some(id) => Some(id.to_string()),
+            None => self.stored_hint(part).await,
+        }
     }
 
     async fn reconcile(&self, part: &OutgoingPart<'_>, hint: Option<&str>) -> Reconciled {
-        let (Ok(chat), Some(Ok(last_known))) =
-            (part.chat.parse::<i64>(), hint.map(str::parse::<i64>))
-        else {
+        let hint = match hint {
+            Some(hint) => Some(hint.to_owned()),
+            None => self.stored_hint(part).await,
+        };
+        let (Ok(chat), Some(Ok(last_known))) = (
+            part.chat.parse::<i64>(),
+            hint.as_deref().map(str::parse::<i64>),
+        ) else {
             return Reconciled::Unknown;
         };
         for candidate in last_known + 1..=last_known + PROBE_WINDOW {
@@ -586,6 +585,17 @@ impl Connector for Telegram {
 }
 
 impl Telegram {
+    /// Where the chat's numbering stood before the part's message, from the store.
+    async fn stored_hint(&self, part: &OutgoingPart<'_>) -> Option<String> {
+        match self.store.provider_ids_before(part.message).await {
+            Ok(id) => id.map(|id| id.to_string()),
+            Err(e) => {
+                tracing::warn!(connection = %self.name, error = %e, "cannot read where the chat's message ids stood");
+                None
+            }
+        }
+    }
+
     async fn send_error(&self, error: ApiError) -> SendError {
         let reason = error.to_string();
         match error {
