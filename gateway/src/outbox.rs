@@ -15,7 +15,7 @@
 //! repeat, so they are retried without reconciling; one refused for good is undone in the
 //! store.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,11 +76,9 @@ pub async fn run(
             safety_pass.min(Instant::now() + until(at))
         });
         tokio::select! {
-            // Handed sends before news: a row queued behind one must find it taken.
-            biased;
             _ = shutdown.cancelled() => break,
             handed = sender.store.handed_sends() => sender.handed.extend(handed),
-            news = sender.store.outbox_ready() => sender.lookout.news(news, sender.tasks.busy()),
+            news = sender.store.outbox_ready() => sender.news(news),
             freed = sender.tasks.next_finished() => {
                 if let Some(freed) = freed {
                     sender.freed(freed);
@@ -123,14 +121,29 @@ impl Sender {
         MAX_CONVERSATIONS_IN_FLIGHT - self.tasks.len()
     }
 
-    /// A conversation's task finished. If a send was handed for it meanwhile, that goes
-    /// next and the conversation stays busy, keeping any news it had for after it.
-    fn freed(&mut self, conversation: ConversationId) {
-        if !self
-            .handed
+    fn waits_handed(&self, conversation: ConversationId) -> bool {
+        self.handed
             .iter()
             .any(|item| item.conversation_id == conversation)
-        {
+    }
+
+    /// News of rows queued. A conversation with a handed send not yet started has its news
+    /// kept for when that send is done, as for one with a task: the rows are behind it.
+    fn news(&mut self, mut news: HashSet<ConversationId>) {
+        // The syncer hands a group's sends out before it posts its news.
+        self.handed.extend(self.store.handed_sends_ready());
+        for item in &self.handed {
+            if news.remove(&item.conversation_id) {
+                self.lookout.hold(item.conversation_id);
+            }
+        }
+        self.lookout.news(news, self.tasks.busy());
+    }
+
+    /// A conversation's task finished. The news kept for it is due, unless a send handed
+    /// for it waits to go first.
+    fn freed(&mut self, conversation: ConversationId) {
+        if !self.waits_handed(conversation) {
             self.lookout.finished(Some(conversation));
         }
     }
@@ -521,6 +534,143 @@ pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use async_trait::async_trait;
+    use moltbot_protocol::{Channel, Event};
+    use tokio::sync::{Semaphore, watch};
+
+    use crate::bus::Bus;
+    use crate::channels::Connector;
+    use crate::config::StoreConfig;
+    use crate::store::{OutboundMessage, RunPolicy};
+
+    /// A web-chat-like connector whose sends to every chat but `free` wait for a permit.
+    struct Gate {
+        free: String,
+        permits: Semaphore,
+        sent: Mutex<Vec<(String, String)>>,
+    }
+
+    #[async_trait]
+    impl Connector for Gate {
+        fn name(&self) -> &str {
+            "webchat"
+        }
+        fn channel(&self) -> Channel {
+            Channel::Webchat
+        }
+        fn max_text_len(&self) -> usize {
+            4096
+        }
+        fn sends_may_be_ambiguous(&self) -> bool {
+            false
+        }
+        async fn run(self: Arc<Self>, _shutdown: CancellationToken) {}
+        async fn send(&self, part: &OutgoingPart<'_>) -> Result<Option<String>, SendError> {
+            if part.chat != self.free {
+                self.permits.acquire().await.expect("open").forget();
+            }
+            let sent = (part.chat.to_string(), part.text.to_string());
+            self.sent.lock().unwrap().push(sent);
+            Ok(None)
+        }
+    }
+
+    fn said(chat: &str) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "schema_version": 1, "id": ulid::Ulid::new().to_string(),
+            "occurred_at": "2026-11-21T10:00:00Z",
+            "source": {"channel": "webchat", "connection": "webchat"},
+            "type": "message.received",
+            "data": {"conversation": {"provider_id": chat}, "provider_message_id": "1",
+                     "sender": {"provider_id": "ann"}, "text": "hello",
+                     "sent_at": "2026-11-21T10:00:00Z"},
+        }))
+        .unwrap()
+    }
+
+    /// With every delivery slot taken, a send handed for a conversation waits for room, and
+    /// a row queued behind it meanwhile goes right after it, not at the next safety pass.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_behind_a_handed_send_that_waited_for_room_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = watch::channel(RunPolicy {
+            enabled: false,
+            default_mode: moltbot_protocol::inbox::AgentMode::Off,
+            require_mention_in_groups: true,
+        });
+        let metrics = Arc::new(Metrics::new());
+        let (store, writer) = Store::open(
+            dir.path(),
+            &StoreConfig::default(),
+            Bus::new(16),
+            metrics.clone(),
+            policy.1,
+        )
+        .await
+        .unwrap();
+        let gate = Arc::new(Gate {
+            free: "last".into(),
+            permits: Semaphore::new(0),
+            sent: Mutex::new(Vec::new()),
+        });
+        let shutdown = CancellationToken::new();
+        let sender = tokio::spawn(run(
+            store.clone(),
+            Connectors::of([gate.clone() as Arc<dyn Connector>]),
+            metrics,
+            shutdown.clone(),
+        ));
+        let send = |conversation, txn: &str| {
+            store.send(OutboundMessage {
+                conversation_id: conversation,
+                txn_id: txn.into(),
+                text: txn.into(),
+            })
+        };
+        let conversation = async |chat: &str| {
+            store
+                .ingest(said(chat))
+                .await
+                .unwrap()
+                .conversation_id
+                .unwrap()
+        };
+        // Every slot busy with a send held at the gate.
+        for n in 0..MAX_CONVERSATIONS_IN_FLIGHT {
+            send(conversation(&format!("chat {n}")).await, "held")
+                .await
+                .unwrap();
+        }
+        let last = conversation("last").await;
+        send(last, "first").await.unwrap();
+        send(last, "second").await.unwrap();
+        // Let the held sends start and the news be taken before a slot frees.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(gate.sent.lock().unwrap().is_empty());
+        // Two slots: one for the handed send, one left for a read while it runs.
+        gate.permits.add_permits(2);
+        let started = Instant::now();
+        let texts = || -> Vec<String> {
+            let sent = gate.sent.lock().unwrap();
+            (sent.iter().filter(|(chat, _)| chat == "last"))
+                .map(|(_, text)| text.clone())
+                .collect()
+        };
+        while texts().len() < 2 && started.elapsed() < POLL * 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(texts(), ["first", "second"]);
+        assert!(
+            started.elapsed() < POLL / 2,
+            "the second waited for the safety pass: {:?}",
+            started.elapsed()
+        );
+        shutdown.cancel();
+        gate.permits.add_permits(MAX_CONVERSATIONS_IN_FLIGHT);
+        sender.await.unwrap();
+        writer.finish().await;
+    }
 
     fn chars(_: char) -> usize {
         1

@@ -270,6 +270,15 @@ pub struct Connectors {
 }
 
 impl Connectors {
+    #[cfg(test)]
+    pub(crate) fn of(connectors: impl IntoIterator<Item = Arc<dyn Connector>>) -> Self {
+        Self {
+            by_name: (connectors.into_iter())
+                .map(|c| (c.name().to_string(), c))
+                .collect(),
+        }
+    }
+
     /// Builds the connectors the config asks for; nothing talks to a provider yet.
     pub fn from_config(
         config: &Config,

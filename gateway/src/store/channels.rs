@@ -304,23 +304,33 @@ impl Store {
         .map(drop)
     }
 
-    /// Where a provider's numbering stood before `message` went out: the highest numeric
-    /// provider id among the messages of its conversation stored before it, and the parts of
-    /// it already sent. The messages stored after it are left out, since the provider may
-    /// have numbered them after it; the ones before it were numbered before it, as they
-    /// arrived before it was written, or, being ours, went out ahead of it.
-    pub async fn provider_ids_before(&self, message: MessageId) -> Result<Option<i64>, StoreError> {
+    /// Where a provider's numbering stood for `message`: the highest numeric provider id in
+    /// its conversation, over every part of every message that has one. With `whole_chat`
+    /// false, only the messages stored before it count, and its own parts: one stored later
+    /// may have been numbered after it, while those before it arrived before it was written
+    /// or, being ours, went out ahead of it. Right before an attempt everything stored was
+    /// numbered before it, so `whole_chat` answers closer then.
+    pub async fn last_provider_id(
+        &self,
+        message: MessageId,
+        whole_chat: bool,
+    ) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT max(id) FROM (
                  SELECT CAST(p.provider_message_id AS INTEGER) AS id
                  FROM messages m JOIN messages p ON p.conversation_id = m.conversation_id
-                 WHERE m.id = ?1 AND p.seq < m.seq AND p.provider_message_id IS NOT NULL
+                 WHERE m.id = ?1 AND (?2 OR p.seq < m.seq) AND p.provider_message_id IS NOT NULL
                  UNION ALL
+                 -- A message keeps the id of its first part; its send's row has them all.
                  SELECT CAST(part.value AS INTEGER)
-                 FROM outbox o, json_each(o.provider_message_ids) part
-                 WHERE o.id = ?1 AND o.kind = 'send')",
+                 FROM messages m
+                 JOIN messages p ON p.conversation_id = m.conversation_id AND p.direction = 'outbound'
+                 JOIN outbox o ON o.id = p.id AND o.kind = 'send',
+                 json_each(o.provider_message_ids) part
+                 WHERE m.id = ?1 AND (?2 OR p.seq <= m.seq))",
         )
         .bind(message.to_string())
+        .bind(whole_chat)
         .fetch_one(&self.reads)
         .await?)
     }

@@ -360,6 +360,11 @@ impl Store {
         self.handed.take().await
     }
 
+    /// The handed sends there are, without waiting.
+    pub(crate) fn handed_sends_ready(&self) -> Vec<OutboxItem> {
+        self.handed.take_ready()
+    }
+
     /// Whether a row read from the outbox is a handed send, to be taken with
     /// [`Store::handed_sends`] rather than delivered from the read.
     pub(crate) fn is_handed(&self, row: ulid::Ulid) -> bool {
@@ -625,10 +630,10 @@ mod tests {
         writer.finish().await;
     }
 
-    /// The provider's numbering before a message: what was stored before it and its own
-    /// parts already sent, never what came after it.
+    /// Where the provider's numbering stood for a message: every part of what was stored
+    /// before it and of itself, and what came after it only when asked for the whole chat.
     #[tokio::test]
-    async fn provider_ids_before_a_message_leave_out_what_came_after_it() {
+    async fn the_last_provider_id_counts_every_part_and_what_came_after_only_if_asked() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
         let conversation = store
@@ -637,31 +642,35 @@ mod tests {
             .unwrap()
             .conversation_id
             .unwrap();
-        store.ingest(message("5", "older, late")).await.unwrap();
-        let (reply, _) = store
-            .send(OutboundMessage {
-                conversation_id: conversation,
-                txn_id: "t1".into(),
-                text: "reply".into(),
+        let reply = |txn: &str| OutboundMessage {
+            conversation_id: conversation,
+            txn_id: txn.into(),
+            text: "reply".into(),
+        };
+        let part_sent = |message: MessageId, part: u32, id: &str, last: bool| {
+            store.outbox_step(outbox::OutboxWrite::PartSent {
+                row: message.0,
+                message_id: message,
+                part,
+                provider_message_id: Some(id.into()),
+                last,
             })
-            .await
-            .unwrap();
+        };
+        // An earlier reply in two parts: the message row keeps only the first one's id.
+        let (earlier, _) = store.send(reply("t1")).await.unwrap();
+        part_sent(earlier, 0, "8", false).await.unwrap();
+        part_sent(earlier, 1, "9", true).await.unwrap();
+        store.ingest(message("5", "older, late")).await.unwrap();
+        let (later, _) = store.send(reply("t2")).await.unwrap();
         store
             .ingest(message("12", "after the reply"))
             .await
             .unwrap();
-        assert_eq!(store.provider_ids_before(reply).await.unwrap(), Some(7));
-        store
-            .outbox_step(outbox::OutboxWrite::PartSent {
-                row: reply.0,
-                message_id: reply,
-                part: 0,
-                provider_message_id: Some("9".into()),
-                last: false,
-            })
-            .await
-            .unwrap();
-        assert_eq!(store.provider_ids_before(reply).await.unwrap(), Some(9));
+        let last = |whole_chat| store.last_provider_id(later, whole_chat);
+        assert_eq!(last(false).await.unwrap(), Some(9));
+        assert_eq!(last(true).await.unwrap(), Some(12));
+        part_sent(later, 0, "13", false).await.unwrap();
+        assert_eq!(last(false).await.unwrap(), Some(13), "its own parts count");
         writer.finish().await;
     }
 

@@ -145,7 +145,7 @@ impl Handed {
         rows.extend(items.iter().map(|item| (item.id, None)));
     }
 
-    /// The commit failed: the rows do not exist.
+    /// The commit failed, or its sync: the rows do not exist, or will not be sent.
     pub(super) fn release(&self, items: &[OutboxItem]) {
         let mut rows = self.rows.lock().expect("handed lock");
         for item in items {
@@ -165,27 +165,31 @@ impl Handed {
         self.ready.notify_one();
     }
 
-    /// Waits for durable handed sends and takes them all, oldest first. Cancel-safe: they
-    /// are taken only by the poll that returns them.
+    /// Waits for durable handed sends and takes them all; see [`Handed::take_ready`].
+    /// Cancel-safe: they are taken only by the poll that returns them.
     pub(crate) async fn take(&self) -> Vec<OutboxItem> {
         loop {
-            let mut taken: Vec<OutboxItem> = {
-                let mut rows = self.rows.lock().expect("handed lock");
-                let ready: Vec<Ulid> = rows
-                    .iter()
-                    .filter_map(|(id, item)| item.is_some().then_some(*id))
-                    .collect();
-                ready
-                    .into_iter()
-                    .filter_map(|id| rows.remove(&id).flatten())
-                    .collect()
-            };
+            let taken = self.take_ready();
             if !taken.is_empty() {
-                taken.sort_by_key(|item| item.id);
                 return taken;
             }
             self.ready.notified().await;
         }
+    }
+
+    /// Takes the durable handed sends there are, oldest first, without waiting.
+    pub(crate) fn take_ready(&self) -> Vec<OutboxItem> {
+        let mut rows = self.rows.lock().expect("handed lock");
+        let ready: Vec<Ulid> = rows
+            .iter()
+            .filter_map(|(id, item)| item.is_some().then_some(*id))
+            .collect();
+        let mut taken: Vec<OutboxItem> = ready
+            .into_iter()
+            .filter_map(|id| rows.remove(&id).flatten())
+            .collect();
+        taken.sort_by_key(|item| item.id);
+        taken
     }
 
     /// Whether a row read from the outbox is a handed one the sender has yet to take.

@@ -8,11 +8,12 @@
 //! busy most of its time waiting for it.
 //!
 //! A group is visible to readers between its commit and its sync. A poll moves its offset
-//! only on answered writes. A send goes out only after a durable write recorded its attempt
-//! (covering everything committed before it): the sender's own, or for a send handed to it,
-//! the write that queued it, handed only from here. A change to a
-//! sent message, a web-chat delivery or a model call made from such a read is not covered:
-//! a power cut in that window can leave the provider with a change the store lost.
+//! only on answered writes. A send through a connector whose sends can be ambiguous goes out
+//! only after a durable write recorded its attempt (covering everything committed before
+//! it): the sender's own, or for a send handed to it, the write that queued it, handed only
+//! from here. A change to a sent message, a web-chat delivery or a model call made from
+//! such a read is not covered: a power cut in that window can leave the provider with a
+//! change the store lost.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -79,7 +80,7 @@ impl Syncer {
             for group in groups.drain(..) {
                 if failed {
                     self.metrics.store_commit_failed();
-                    refuse(group.answers.into_iter().map(|(reply, _)| reply));
+                    refuse_group(group, &self.handed);
                 } else {
                     self.hand_out(group);
                 }
@@ -119,7 +120,7 @@ impl Syncer {
         for (reply, result) in group.answers {
             let _ = reply.send(result);
         }
-        // Before the news: a send queued behind a handed one must find it taken.
+        // Before the news, so that news for a conversation finds its handed send ready.
         self.handed.durable(group.wake.handed);
         if !group.wake.outbox.is_empty() {
             self.outbox_ready.post(group.wake.outbox);
@@ -133,6 +134,13 @@ impl Syncer {
             let _ = self.published.blocking_send(group.changes);
         }
     }
+}
+
+/// Refuses a committed group that cannot be made durable: its writes are answered so, and
+/// its sends are not handed out.
+pub(super) fn refuse_group(group: Committed, handed: &Handed) {
+    handed.release(&group.wake.handed);
+    refuse(group.answers.into_iter().map(|(reply, _)| reply));
 }
 
 /// Answers writes that cannot be known durable.

@@ -104,7 +104,7 @@ impl Writer {
                 };
                 // The syncer outlives the writer: it ends when this sender is dropped.
                 if let Err(unsent) = self.committed.send(committed) {
-                    sync::refuse(unsent.0.answers.into_iter().map(|(reply, _)| reply));
+                    sync::refuse_group(unsent.0, &self.handed);
                 }
             }
             Err(e) => {

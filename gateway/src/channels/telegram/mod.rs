@@ -511,14 +511,16 @@ impl Connector for Telegram {
         let known = self.last_ids.lock().expect("ids lock").get(&chat).copied();
         match known {
             Some(id) => Some(id.to_string()),
-            None => self.stored_hint(part).await,
+            None => self.stored_hint(part, true).await,
         }
     }
 
     async fn reconcile(&self, part: &OutgoingPart<'_>, hint: Option<&str>) -> Reconciled {
         let hint = match hint {
             Some(hint) => Some(hint.to_owned()),
-            None => self.stored_hint(part).await,
+            // Recorded with no attempt (a handed send's first): what came after the message
+            // may be numbered after it.
+            None => self.stored_hint(part, false).await,
         };
         let (Ok(chat), Some(Ok(last_known))) = (
             part.chat.parse::<i64>(),
@@ -585,9 +587,10 @@ impl Connector for Telegram {
 }
 
 impl Telegram {
-    /// Where the chat's numbering stood before the part's message, from the store.
-    async fn stored_hint(&self, part: &OutgoingPart<'_>) -> Option<String> {
-        match self.store.provider_ids_before(part.message).await {
+    /// Where the chat's numbering stood for the part's message, from the store; see
+    /// [`Store::last_provider_id`].
+    async fn stored_hint(&self, part: &OutgoingPart<'_>, whole_chat: bool) -> Option<String> {
+        match self.store.last_provider_id(part.message, whole_chat).await {
             Ok(id) => id.map(|id| id.to_string()),
             Err(e) => {
                 tracing::warn!(connection = %self.name, error = %e, "cannot read where the chat's message ids stood");
