@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::FutureExt;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -40,6 +41,10 @@ pub enum GatewayError {
     Signals(std::io::Error),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error(
+        "the disk failed to sync the store; stopped so that a restart recovers from what is on disk"
+    )]
+    DiskFailed,
 }
 
 /// Runs one tenant's gateway until SIGTERM or SIGINT, then drains and returns.
@@ -97,6 +102,12 @@ pub async fn run(
                 tokio::select! {
                     _ = term.recv() => break,
                     _ = int.recv() => break,
+                    // Nothing more can be stored: stop, and let the platform start the
+                    // gateway again from what is on disk, as a database does after a failed fsync.
+                    () = store.sync_failed() => {
+                        tracing::error!("the store's disk failed a sync; stopping the gateway");
+                        break;
+                    }
                     _ = hup.recv() => reload(&config_path, &config_tx, &policy_tx, &log, &metrics, &store).await,
                 }
             }
@@ -117,7 +128,6 @@ pub async fn run(
     );
     let housekeeping = tokio::spawn(prune_receipts(store.clone(), shutdown.clone()));
     let reads = store.reads().clone();
-    drop(store);
 
     tracing::info!(
         tenant = %tenant,
@@ -145,6 +155,10 @@ pub async fn run(
     let _ = housekeeping.await;
     // Commit what was accepted; a request still open past the grace gets `shutting_down`.
     writer.finish().await;
+    if store.sync_failed().now_or_never().is_some() {
+        return Err(GatewayError::DiskFailed);
+    }
+    drop(store);
     store::close(reads, &data_dir).await?;
     tracing::info!("gateway stopped cleanly");
     Ok(())

@@ -20,7 +20,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -34,6 +33,7 @@ use sqlx::{ConnectOptions, Connection};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use ulid::Generator;
 
 use crate::bus::Bus;
@@ -158,8 +158,8 @@ pub struct Store {
     runs_ready: Arc<News>,
     /// Sends handed to the sender whole.
     handed: Arc<outbox::Handed>,
-    /// Set for good when the disk failed a sync: the store then takes no writes.
-    sync_failed: Arc<AtomicBool>,
+    /// Cancelled for good when the disk failed a sync: the store then takes no writes.
+    sync_failed: CancellationToken,
 }
 
 /// The running writer, publisher and checkpointer.
@@ -232,7 +232,7 @@ impl Store {
         let outbox_ready = Arc::new(News::default());
         let runs_ready = Arc::new(News::default());
         let handed = Arc::new(outbox::Handed::default());
-        let sync_failed = Arc::new(AtomicBool::new(false));
+        let sync_failed = CancellationToken::new();
         // A few groups ahead of the disk at most; beyond that the writer waits for the syncer.
         let (committed, durable) = std::sync::mpsc::sync_channel(64);
         let syncer = sync::Syncer {
@@ -379,7 +379,13 @@ impl Store {
 
     /// True while the writer accepts work.
     pub fn is_writable(&self) -> bool {
-        !self.commands.is_closed() && !self.sync_failed.load(Ordering::SeqCst)
+        !self.commands.is_closed() && !self.sync_failed.is_cancelled()
+    }
+
+    /// Completes when the disk failed a sync. The store then refuses every write, and only
+    /// a restart from what is on disk (which the gateway then does) brings it back.
+    pub async fn sync_failed(&self) {
+        self.sync_failed.cancelled().await
     }
 
     pub fn reads(&self) -> &SqlitePool {
@@ -563,6 +569,7 @@ mod tests {
     /// not write, so a later sync that succeeds would prove nothing.
     #[tokio::test]
     async fn after_a_failed_sync_every_write_is_refused() {
+        use futures_util::FutureExt;
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
         // The syncer opens the WAL at its first sync; without the file, that sync fails.
@@ -582,6 +589,10 @@ mod tests {
             "{refused:?}"
         );
         assert!(!store.is_writable(), "not ready for writes any more");
+        assert!(
+            store.sync_failed().now_or_never().is_some(),
+            "the gateway is told to restart"
+        );
         writer.finish().await;
     }
 

@@ -18,11 +18,11 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::outbox::Handed;
 use super::publish::Changes;
@@ -48,7 +48,7 @@ pub(super) struct Syncer {
     /// Set for good when a sync fails: after a failed fsync the kernel may have dropped the
     /// pages it could not write, so a later fsync that succeeds proves nothing. The writer
     /// then refuses every write until the gateway restarts from what is on disk.
-    pub(super) failed: Arc<AtomicBool>,
+    pub(super) failed: CancellationToken,
     pub(super) bus: Bus,
     pub(super) published: mpsc::Sender<Changes>,
     /// Wakes the checkpointer; a full queue means it is awake already.
@@ -70,13 +70,13 @@ impl Syncer {
         while let Ok(first) = committed.recv() {
             groups.push(first);
             groups.extend(committed.try_iter());
-            if !self.failed.load(Ordering::SeqCst)
+            if !self.failed.is_cancelled()
                 && let Err(e) = self.sync(&mut wal)
             {
-                self.failed.store(true, Ordering::SeqCst);
+                self.failed.cancel();
                 tracing::error!(wal = %self.wal.display(), error = %e, "cannot make committed writes durable; the store refuses writes until the gateway restarts");
             }
-            let failed = self.failed.load(Ordering::SeqCst);
+            let failed = self.failed.is_cancelled();
             for group in groups.drain(..) {
                 if failed {
                     self.metrics.store_commit_failed();
@@ -117,11 +117,12 @@ impl Syncer {
         // Decided before anyone is answered: a client that subscribes after its write was
         // answered must not be sent that write as news.
         let publish = !group.changes.is_empty() && self.bus.has_subscribers();
+        // Before the news, so that news for a conversation finds its handed send ready, and
+        // before the answers, so that a writer that hears back finds its send handed out.
+        self.handed.durable(group.wake.handed);
         for (reply, result) in group.answers {
             let _ = reply.send(result);
         }
-        // Before the news, so that news for a conversation finds its handed send ready.
-        self.handed.durable(group.wake.handed);
         if !group.wake.outbox.is_empty() {
             self.outbox_ready.post(group.wake.outbox);
         }

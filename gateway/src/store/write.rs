@@ -9,7 +9,6 @@
 //! the answer, which on a small machine cost more than the statements themselves.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Instant;
 
@@ -17,6 +16,7 @@ use jiff::Timestamp;
 use moltbot_protocol::ids::ConversationId;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use ulid::Generator;
 
 use super::publish::{Change, Changes};
@@ -38,7 +38,7 @@ pub(super) struct Writer {
     /// Committed groups, to be made durable and answered.
     pub(super) committed: SyncSender<Committed>,
     /// Set by the syncer when the disk failed; see [`super::sync::Syncer::failed`].
-    pub(super) sync_failed: Arc<AtomicBool>,
+    pub(super) sync_failed: CancellationToken,
     pub(super) handed: Arc<outbox::Handed>,
     pub(super) metrics: Arc<Metrics>,
     /// Whether and how a new message queues an agent run; the config may change it at reload.
@@ -74,7 +74,7 @@ impl Writer {
     }
 
     fn commit_group(&mut self, batch: &mut Vec<Job>) {
-        if self.sync_failed.load(Ordering::SeqCst) {
+        if self.sync_failed.is_cancelled() {
             sync::refuse(batch.drain(..).map(|job| job.reply));
             return;
         }
