@@ -37,8 +37,9 @@ pub(super) struct Writer {
     pub(super) conn: Connection,
     /// Committed groups, to be made durable and answered.
     pub(super) committed: SyncSender<Committed>,
-    /// Set by the syncer when the disk failed; see [`super::sync::Syncer::failed`].
+    /// Cancelled by the syncer when the disk failed; see [`super::sync::Syncer::failed`].
     pub(super) sync_failed: CancellationToken,
+    /// Sends handed to the sender, claimed here before their commit.
     pub(super) handed: Arc<outbox::Handed>,
     pub(super) metrics: Arc<Metrics>,
     /// Whether and how a new message queues an agent run; the config may change it at reload.
@@ -187,7 +188,7 @@ impl Writer {
             )?;
         }
         indexed_up_to = index_new_messages(&tx, indexed_up_to)?;
-        // Readers see the handed rows from the commit on; they must know them for handed.
+        // Readers see the handed rows from the commit on, so they are claimed before it.
         self.handed.claim(&group.wake.handed);
         if let Err(e) = tx.commit() {
             self.handed.release(&group.wake.handed);
