@@ -45,9 +45,10 @@ pub(super) struct Syncer {
     /// Whether to sync at all (`store.synchronous: full`); otherwise groups are answered as
     /// they come, and survive a process crash but not a power loss.
     pub(super) durable: bool,
-    /// Cancelled for good when a sync fails: after a failed fsync the kernel may have dropped the
-    /// pages it could not write, so a later fsync that succeeds proves nothing. The writer
-    /// then refuses every write until the gateway restarts from what is on disk.
+    /// Cancelled for good when a sync fails: after a failed fsync the kernel may have
+    /// dropped the pages it could not write, so a later fsync that succeeds proves nothing.
+    /// The writer then refuses every write, and the gateway stops so that it restarts from
+    /// what is on disk.
     pub(super) failed: CancellationToken,
     pub(super) bus: Bus,
     pub(super) published: mpsc::Sender<Changes>,
