@@ -94,6 +94,7 @@ pub async fn run(
             }
         }
     }
+    sender.withdraw_unstarted().await;
     if tokio::time::timeout(SHUTDOWN_GRACE, sender.tasks.join_all())
         .await
         .is_err()
@@ -185,6 +186,20 @@ impl Sender {
                 self.store.is_handed(item.id) || self.handed.iter().any(|h| h.id == item.id);
             if !handed {
                 self.start(item);
+            }
+        }
+    }
+
+    /// At shutdown: the handed sends never started go back to the queue. Those the sender
+    /// has not even taken yet (not durable yet) are reconciled at the next start.
+    async fn withdraw_unstarted(&mut self) {
+        let unstarted = self.handed.drain(..).chain(self.store.handed_sends_ready());
+        for item in unstarted.collect::<Vec<_>>() {
+            let withdrawn = self
+                .store
+                .outbox_step(OutboxWrite::Withdraw { row: item.id });
+            if let Err(e) = withdrawn.await {
+                tracing::warn!(message_id = %item.message_id, error = %e, "cannot put an unsent message back in the queue; it is reconciled at the next start");
             }
         }
     }
@@ -543,6 +558,7 @@ mod tests {
     use crate::channels::Connector;
     use crate::config::StoreConfig;
     use crate::store::{OutboundMessage, RunPolicy};
+    use moltbot_protocol::ids::MessageId;
 
     /// A web-chat-like connector whose sends to every chat but `free` wait for a permit.
     struct Gate {
@@ -589,87 +605,135 @@ mod tests {
         .unwrap()
     }
 
+    /// A store, a gated web-chat connector and a running sender, with every delivery slot
+    /// taken by a send held at the gate.
+    struct Full {
+        _dir: tempfile::TempDir,
+        store: Store,
+        writer: crate::store::WriterHandle,
+        gate: Arc<Gate>,
+        shutdown: CancellationToken,
+        sender: tokio::task::JoinHandle<()>,
+    }
+
+    impl Full {
+        async fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let policy = watch::channel(RunPolicy {
+                enabled: false,
+                default_mode: moltbot_protocol::inbox::AgentMode::Off,
+                require_mention_in_groups: true,
+            });
+            let metrics = Arc::new(Metrics::new());
+            let (store, writer) = Store::open(
+                dir.path(),
+                &StoreConfig::default(),
+                Bus::new(16),
+                metrics.clone(),
+                policy.1,
+            )
+            .await
+            .unwrap();
+            let gate = Arc::new(Gate {
+                free: "last".into(),
+                permits: Semaphore::new(0),
+                sent: Mutex::new(Vec::new()),
+            });
+            let shutdown = CancellationToken::new();
+            let sender = tokio::spawn(run(
+                store.clone(),
+                Connectors::of([gate.clone() as Arc<dyn Connector>]),
+                metrics,
+                shutdown.clone(),
+            ));
+            let full = Self {
+                _dir: dir,
+                store,
+                writer,
+                gate,
+                shutdown,
+                sender,
+            };
+            for n in 0..MAX_CONVERSATIONS_IN_FLIGHT {
+                let conversation = full.conversation(&format!("chat {n}")).await;
+                full.send(conversation, "held").await;
+            }
+            full
+        }
+
+        async fn conversation(&self, chat: &str) -> ConversationId {
+            let stored = self.store.ingest(said(chat)).await.unwrap();
+            stored.conversation_id.unwrap()
+        }
+
+        async fn send(&self, conversation: ConversationId, text: &str) -> MessageId {
+            let message = OutboundMessage {
+                conversation_id: conversation,
+                txn_id: text.into(),
+                text: text.into(),
+            };
+            self.store.send(message).await.unwrap().0
+        }
+
+        /// What reached the connector for the chat `last`.
+        fn sent_to_last(&self) -> Vec<String> {
+            let sent = self.gate.sent.lock().unwrap();
+            (sent.iter().filter(|(chat, _)| chat == "last"))
+                .map(|(_, text)| text.clone())
+                .collect()
+        }
+
+        async fn stop(self) -> Store {
+            self.shutdown.cancel();
+            self.gate.permits.add_permits(MAX_CONVERSATIONS_IN_FLIGHT);
+            self.sender.await.unwrap();
+            self.writer.finish().await;
+            self.store
+        }
+    }
+
     /// With every delivery slot taken, a send handed for a conversation waits for room, and
     /// a row queued behind it meanwhile goes right after it, not at the next safety pass.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_row_behind_a_handed_send_that_waited_for_room_follows_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let policy = watch::channel(RunPolicy {
-            enabled: false,
-            default_mode: moltbot_protocol::inbox::AgentMode::Off,
-            require_mention_in_groups: true,
-        });
-        let metrics = Arc::new(Metrics::new());
-        let (store, writer) = Store::open(
-            dir.path(),
-            &StoreConfig::default(),
-            Bus::new(16),
-            metrics.clone(),
-            policy.1,
-        )
-        .await
-        .unwrap();
-        let gate = Arc::new(Gate {
-            free: "last".into(),
-            permits: Semaphore::new(0),
-            sent: Mutex::new(Vec::new()),
-        });
-        let shutdown = CancellationToken::new();
-        let sender = tokio::spawn(run(
-            store.clone(),
-            Connectors::of([gate.clone() as Arc<dyn Connector>]),
-            metrics,
-            shutdown.clone(),
-        ));
-        let send = |conversation, txn: &str| {
-            store.send(OutboundMessage {
-                conversation_id: conversation,
-                txn_id: txn.into(),
-                text: txn.into(),
-            })
-        };
-        let conversation = async |chat: &str| {
-            store
-                .ingest(said(chat))
-                .await
-                .unwrap()
-                .conversation_id
-                .unwrap()
-        };
-        // Every slot busy with a send held at the gate.
-        for n in 0..MAX_CONVERSATIONS_IN_FLIGHT {
-            send(conversation(&format!("chat {n}")).await, "held")
-                .await
-                .unwrap();
-        }
-        let last = conversation("last").await;
-        send(last, "first").await.unwrap();
-        send(last, "second").await.unwrap();
+        let full = Full::start().await;
+        let last = full.conversation("last").await;
+        full.send(last, "first").await;
+        full.send(last, "second").await;
         // Let the held sends start and the news be taken before a slot frees.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(gate.sent.lock().unwrap().is_empty());
+        assert!(full.gate.sent.lock().unwrap().is_empty());
         // Two slots: one for the handed send, one left for a read while it runs.
-        gate.permits.add_permits(2);
+        full.gate.permits.add_permits(2);
         let started = Instant::now();
-        let texts = || -> Vec<String> {
-            let sent = gate.sent.lock().unwrap();
-            (sent.iter().filter(|(chat, _)| chat == "last"))
-                .map(|(_, text)| text.clone())
-                .collect()
-        };
-        while texts().len() < 2 && started.elapsed() < POLL * 2 {
+        while full.sent_to_last().len() < 2 && started.elapsed() < POLL * 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(texts(), ["first", "second"]);
+        assert_eq!(full.sent_to_last(), ["first", "second"]);
         assert!(
             started.elapsed() < POLL / 2,
             "the second waited for the safety pass: {:?}",
             started.elapsed()
         );
-        shutdown.cancel();
-        gate.permits.add_permits(MAX_CONVERSATIONS_IN_FLIGHT);
-        sender.await.unwrap();
-        writer.finish().await;
+        full.stop().await;
+    }
+
+    /// A handed send still waiting for room when the sender stops goes back to the queue:
+    /// the next start sends it as never attempted instead of reconciling it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handed_send_never_started_is_queued_again_at_shutdown() {
+        let full = Full::start().await;
+        let last = full.conversation("last").await;
+        let waiting = full.send(last, "waiting").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let store = full.stop().await;
+        let queued = store.due_outbox(1000, &HashSet::new()).await;
+        let queued = queued
+            .unwrap()
+            .into_iter()
+            .find(|item| item.message_id == waiting);
+        let queued = queued.expect("still queued");
+        assert_eq!((queued.in_doubt, queued.attempts), (false, 0));
     }
 
     fn chars(_: char) -> usize {

@@ -29,6 +29,9 @@ use super::{Store, StoreError, Write, Written, ms, parse_id};
 pub(crate) enum OutboxWrite {
     /// The provider may receive the next part from now on.
     BeginAttempt { row: Ulid, hint: Option<String> },
+    /// A handed send that was never attempted (the sender stopped first) goes back to the
+    /// queue, so that the next start sends it without reconciling it first.
+    Withdraw { row: Ulid },
     /// Part `part` (from 0) of a send reached the provider.
     PartSent {
         row: Ulid,
@@ -206,6 +209,14 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &OutboxWrite) -> Result<Written, St
                 "UPDATE outbox SET state = 'sending', attempts = attempts + 1, attempt_hint = ?, updated_at = ?
                  WHERE id = ? AND state IN ('queued', 'sending')",
                 params![hint, cx.now, row.to_string()],
+            )?;
+        }
+        OutboxWrite::Withdraw { row } => {
+            update_row(
+                cx,
+                "UPDATE outbox SET state = 'queued', attempts = attempts - 1, updated_at = ?
+                 WHERE id = ? AND state = 'sending' AND parts_sent = 0 AND attempts > 0",
+                params![cx.now, row.to_string()],
             )?;
         }
         OutboxWrite::PartSent {
