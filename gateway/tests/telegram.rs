@@ -443,18 +443,7 @@ async fn a_send_that_timed_out_after_arriving_is_reconciled_not_sent_twice() {
     let setup = Setup::new(Duration::ZERO).await;
     let config = setup.config("    dm_policy: open\n", "");
     let gateway = start(&config).await;
-    setup.model.enqueue(Reply::Text("only once please".into()));
-    setup.telegram.fail_next(
-        BOT,
-        "sendMessage",
-        Failure::Stall {
-            after_apply: true,
-            duration: Duration::from_secs(3),
-        },
-    );
-    setup
-        .telegram
-        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
+    reply_arrives_unanswered(&setup, Duration::from_secs(3));
     reconciled_once(&setup, &gateway).await;
 }
 
@@ -466,18 +455,7 @@ async fn a_reply_that_arrived_just_before_a_kill_is_not_sent_again() {
     let setup = Setup::new(Duration::ZERO).await;
     let config = setup.config("    dm_policy: open\n", "");
     let mut gateway = start(&config).await;
-    setup.model.enqueue(Reply::Text("only once please".into()));
-    setup.telegram.fail_next(
-        BOT,
-        "sendMessage",
-        Failure::Stall {
-            after_apply: true,
-            duration: Duration::from_secs(30),
-        },
-    );
-    setup
-        .telegram
-        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
+    reply_arrives_unanswered(&setup, Duration::from_secs(30));
     let arrived = setup
         .telegram
         .wait_for_sent(BOT, 1, Duration::from_secs(10))
@@ -495,6 +473,23 @@ async fn a_reply_that_arrived_just_before_a_kill_is_not_sent_again() {
         "{}",
         restarted.log_text()
     );
+}
+
+/// Ann writes; Pi's reply reaches Telegram, whose answer to `sendMessage` then stalls for
+/// `stall`: the ambiguous timeout.
+fn reply_arrives_unanswered(setup: &Setup, stall: Duration) {
+    setup.model.enqueue(Reply::Text("only once please".into()));
+    setup.telegram.fail_next(
+        BOT,
+        "sendMessage",
+        Failure::Stall {
+            after_apply: true,
+            duration: stall,
+        },
+    );
+    setup
+        .telegram
+        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
 }
 
 /// Waits for the one reply to be marked sent after an ambiguous attempt, and checks that

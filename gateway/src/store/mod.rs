@@ -538,6 +538,20 @@ mod tests {
         )
     }
 
+    /// The conversation a first message (provider id `provider_message_id`) opens.
+    async fn conversation(store: &Store, provider_message_id: &str) -> ConversationId {
+        let stored = store.ingest(message(provider_message_id, "hello")).await;
+        stored.unwrap().conversation_id.unwrap()
+    }
+
+    fn outbound(conversation_id: ConversationId, txn: &str, text: &str) -> OutboundMessage {
+        OutboundMessage {
+            conversation_id,
+            txn_id: txn.into(),
+            text: text.into(),
+        }
+    }
+
     fn syncs(metrics: &Metrics) -> u64 {
         let text = metrics.encode();
         let count = text
@@ -603,18 +617,11 @@ mod tests {
         use futures_util::FutureExt;
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
-        let conversation = store
-            .ingest(message("5", "hello"))
+        let conversation = conversation(&store, "5").await;
+        let (first, _) = store
+            .send(outbound(conversation, "t1", "first"))
             .await
-            .unwrap()
-            .conversation_id
             .unwrap();
-        let send = |txn: &str, text: &str| OutboundMessage {
-            conversation_id: conversation,
-            txn_id: txn.into(),
-            text: text.into(),
-        };
-        let (first, _) = store.send(send("t1", "first")).await.unwrap();
         assert!(store.is_handed(first.0), "held for the sender once durable");
         let handed = store.handed_sends().now_or_never().expect("ready at once");
         assert_eq!(handed.len(), 1);
@@ -624,7 +631,10 @@ mod tests {
         assert_eq!((item.attempts, item.begun, item.in_doubt), (1, true, false));
         assert!(!store.is_handed(first.0), "taken once");
 
-        let (second, _) = store.send(send("t2", "second")).await.unwrap();
+        let (second, _) = store
+            .send(outbound(conversation, "t2", "second"))
+            .await
+            .unwrap();
         assert!(!store.is_handed(second.0));
         assert!(
             store.handed_sends().now_or_never().is_none(),
@@ -647,17 +657,8 @@ mod tests {
     async fn the_last_provider_id_counts_every_part_and_what_came_after_only_if_asked() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
-        let conversation = store
-            .ingest(message("7", "hello"))
-            .await
-            .unwrap()
-            .conversation_id
-            .unwrap();
-        let reply = |txn: &str| OutboundMessage {
-            conversation_id: conversation,
-            txn_id: txn.into(),
-            text: "reply".into(),
-        };
+        let conversation = conversation(&store, "7").await;
+        let reply = |txn: &str| outbound(conversation, txn, "reply");
         let part_sent = |message: MessageId, part: u32, id: &str, last: bool| {
             store.outbox_step(outbox::OutboxWrite::PartSent {
                 row: message.0,
