@@ -14,7 +14,9 @@
 //!    oldest part of the history and are reported as [`Overflow`], for the caller to fold
 //!    into the rolling summary with [`summary_request`].
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use super::model::{ChatMessage, ChatRequest};
 use crate::store::HistoryRow;
@@ -133,7 +135,11 @@ pub(crate) fn build(input: &ContextInput) -> Context {
         let room = left
             .saturating_sub(MESSAGE_OVERHEAD_TOKENS.saturating_add(name_tokens))
             .max(MIN_NEWEST_TOKENS);
-        let chat = chat_message(message, truncate_middle(&message.text, room));
+        let text = match truncate_middle(&message.text, room) {
+            Cow::Borrowed(_) => message.text.clone(),
+            Cow::Owned(cut) => cut.into(),
+        };
+        let chat = chat_message(message, text);
         left = left.saturating_sub(estimate_message_tokens(&chat));
         chat
     });
@@ -212,7 +218,10 @@ pub(crate) fn summary_request(
     ChatRequest {
         messages: vec![
             ChatMessage::System(system),
-            ChatMessage::User { name: None, text },
+            ChatMessage::User {
+                name: None,
+                text: text.into(),
+            },
         ],
         tools: Vec::new(),
         max_tokens,
@@ -262,7 +271,7 @@ fn with_memory(
         if room >= MIN_SUMMARY_TOKENS.min(estimate_tokens(summary)) && room > 0 {
             let text = truncate_middle(summary, room);
             *left = left.saturating_sub(fixed.saturating_add(estimate_tokens(&text)));
-            summary_section = Some(text);
+            summary_section = Some(text.into_owned());
         }
     }
 
@@ -313,7 +322,7 @@ fn sender_of(message: &HistoryRow) -> Option<&str> {
 }
 
 /// Inbound messages are the user's, outbound ones Pi's (or the owner's, in Pi's voice).
-fn chat_message(message: &HistoryRow, text: String) -> ChatMessage {
+fn chat_message(message: &HistoryRow, text: Arc<str>) -> ChatMessage {
     if message.inbound {
         ChatMessage::User {
             name: sender_of(message).map(str::to_owned),
@@ -328,18 +337,18 @@ fn chat_message(message: &HistoryRow, text: String) -> ChatMessage {
 }
 
 /// `text` cut to at most `max_tokens` estimated tokens, keeping its start and its end
-/// (a question often follows a long paste) around a marker.
-fn truncate_middle(text: &str, max_tokens: u32) -> String {
+/// (a question often follows a long paste) around a marker; borrowed when it fits.
+fn truncate_middle(text: &str, max_tokens: u32) -> Cow<'_, str> {
     let max_chars = usize::try_from(max_tokens)
         .unwrap_or(usize::MAX)
         .saturating_mul(4);
     let chars = text.chars().count();
     if chars <= max_chars {
-        return text.to_owned();
+        return Cow::Borrowed(text);
     }
     let marker = CUT_MARKER.chars().count();
     if max_chars <= marker * 2 {
-        return text.chars().take(max_chars).collect();
+        return Cow::Owned(text.chars().take(max_chars).collect());
     }
     let keep = max_chars - marker;
     let head = keep.div_ceil(2);
@@ -347,7 +356,7 @@ fn truncate_middle(text: &str, max_tokens: u32) -> String {
     let mut out: String = text.chars().take(head).collect();
     out.push_str(CUT_MARKER);
     out.extend(text.chars().skip(chars - tail));
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -364,7 +373,7 @@ mod tests {
             seq,
             inbound,
             sender: inbound.then(|| "Ann".to_owned()),
-            text: text.to_owned(),
+            text: text.into(),
         }
     }
 
@@ -480,15 +489,12 @@ mod tests {
         assert!(texts.len() > 3 && texts.len() < 40, "{} kept", texts.len());
         assert_eq!(
             *texts.last().unwrap(),
-            history[39].text,
+            &*history[39].text,
             "newest kept, last"
         );
         // Chronological: a contiguous run of the newest messages.
         let first_kept = 40 - texts.len();
-        let expected: Vec<&str> = history[first_kept..]
-            .iter()
-            .map(|m| m.text.as_str())
-            .collect();
+        let expected: Vec<&str> = history[first_kept..].iter().map(|m| &*m.text).collect();
         assert_eq!(texts, expected);
         assert_eq!(
             context.overflow,
@@ -535,7 +541,7 @@ mod tests {
         );
         assert_eq!(
             text_of(&context.messages[1]),
-            history[0].text,
+            &*history[0].text,
             "newest intact"
         );
         let system = system_text(&context);
@@ -604,7 +610,8 @@ mod tests {
     #[test]
     fn truncate_middle_stays_within_its_limit() {
         for limit in [0, 1, 5, 10, 100] {
-            let cut = truncate_middle(&"ab".repeat(1_000), limit);
+            let long = "ab".repeat(1_000);
+            let cut = truncate_middle(&long, limit);
             assert!(
                 estimate_tokens(&cut) <= limit,
                 "{limit}: {}",

@@ -389,7 +389,7 @@ impl Agent {
                 };
             }
             request.messages.push(ChatMessage::Assistant {
-                text: turn.text.clone(),
+                text: turn.text.clone().map(Arc::from),
                 tool_calls: turn.tool_calls.clone(),
             });
             for call in &turn.tool_calls {

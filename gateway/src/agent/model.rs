@@ -22,21 +22,14 @@
 //! The API key is never logged and never put in an error: provider messages are scrubbed
 //! of it, because some servers echo what they were sent.
 
-use std::{collections::BTreeMap, fmt, ops::AddAssign, time::Duration};
+use std::{collections::BTreeMap, fmt, ops::AddAssign, sync::Arc, time::Duration};
 
 use async_openai::{
     Client,
     config::OpenAIConfig,
     error::{ApiErrorResponse, OpenAIError, StreamError, WrappedError},
     types::chat::{
-        ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
-        ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
-        ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage,
-        ChatCompletionRequestSystemMessage, ChatCompletionRequestSystemMessageContent,
-        ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
-        ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent,
-        ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools,
-        CreateChatCompletionRequest, FinishReason, FunctionCall, FunctionObject,
+        ChatCompletionMessageToolCallChunk, CreateChatCompletionStreamResponse, FinishReason,
     },
 };
 use futures_util::StreamExt;
@@ -44,6 +37,9 @@ use rand::Rng;
 
 use super::context::{estimate_message_tokens, estimate_tokens};
 use crate::config::{ModelConfig, Secret};
+use wire::WireRequest;
+
+mod wire;
 
 /// First backoff between attempts; it doubles with every retry.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -51,8 +47,6 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Provider messages are cut to this many characters in errors.
 const MAX_ERROR_CHARS: usize = 500;
-/// Longest `name` OpenAI accepts on a message.
-const MAX_NAME_CHARS: usize = 64;
 /// What replaces the API key where a provider echoed it.
 const REDACTED: &str = "[redacted]";
 
@@ -103,12 +97,13 @@ pub(crate) struct ChatRequest {
 pub(crate) enum ChatMessage {
     System(String),
     /// `name` tells group members apart; it is cleaned to what OpenAI accepts when sent.
+    /// History texts are shared with the history cache rather than copied per turn.
     User {
         name: Option<String>,
-        text: String,
+        text: Arc<str>,
     },
     Assistant {
-        text: Option<String>,
+        text: Option<Arc<str>>,
         tool_calls: Vec<ToolCallRequest>,
     },
     /// The result of the tool call `call_id`.
@@ -277,7 +272,7 @@ impl ModelClient {
         loop {
             let mut progress = Progress::default();
             // Built per attempt rather than cloned: most turns take one.
-            let body = self.request_body(request, request.max_tokens.min(max_tokens));
+            let body = WireRequest::new(&self.model, request, request.max_tokens.min(max_tokens));
             let attempt = self.attempt(body, on_event, &mut progress);
             let result = match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(result) => result.and_then(|()| progress.answer()),
@@ -330,14 +325,14 @@ impl ModelClient {
     /// that drops this future still leaves what was spent and shown.
     async fn attempt(
         &self,
-        body: CreateChatCompletionRequest,
+        body: WireRequest<'_>,
         on_event: &mut (dyn FnMut(StreamEvent<'_>) + Send),
         progress: &mut Progress,
     ) -> Result<(), ModelError> {
         let mut stream = self
             .client
             .chat()
-            .create_stream(body)
+            .create_stream_byot::<_, CreateChatCompletionStreamResponse>(body)
             .await
             .map_err(|e| self.classify(e))?;
         progress.opened = true;
@@ -368,24 +363,6 @@ impl ModelClient {
             }
         }
         Ok(())
-    }
-
-    fn request_body(&self, request: &ChatRequest, max_tokens: u32) -> CreateChatCompletionRequest {
-        let tools = request.tools.iter().map(wire_tool).collect::<Vec<_>>();
-        CreateChatCompletionRequest {
-            model: self.model.clone(),
-            messages: request.messages.iter().map(wire_message).collect(),
-            tools: (!tools.is_empty()).then_some(tools),
-            // OpenAI's reasoning models refuse the deprecated `max_tokens`; vLLM and
-            // llama.cpp read this one too.
-            max_completion_tokens: Some(max_tokens),
-            stream: Some(true),
-            stream_options: Some(ChatCompletionStreamOptions {
-                include_usage: Some(true),
-                include_obfuscation: None,
-            }),
-            ..Default::default()
-        }
     }
 
     /// Backoff before retry number `retry` (from 1): exponential, capped, with equal jitter
@@ -585,76 +562,6 @@ fn estimate_prompt(request: &ChatRequest) -> u64 {
         })
         .sum();
     messages + tools
-}
-
-fn wire_message(message: &ChatMessage) -> ChatCompletionRequestMessage {
-    match message {
-        ChatMessage::System(text) => {
-            ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
-                content: ChatCompletionRequestSystemMessageContent::Text(text.clone()),
-                name: None,
-            })
-        }
-        ChatMessage::User { name, text } => {
-            ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
-                content: ChatCompletionRequestUserMessageContent::Text(text.clone()),
-                name: name.as_deref().and_then(sanitize_name),
-            })
-        }
-        ChatMessage::Assistant { text, tool_calls } => {
-            let calls: Vec<ChatCompletionMessageToolCalls> = tool_calls
-                .iter()
-                .map(|call| {
-                    ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
-                        id: call.id.clone(),
-                        function: FunctionCall {
-                            name: call.name.clone(),
-                            arguments: call.arguments.clone(),
-                        },
-                    })
-                })
-                .collect();
-            // Content is required unless there are tool calls.
-            let content = match text {
-                Some(text) => Some(text.clone()),
-                None if calls.is_empty() => Some(String::new()),
-                None => None,
-            };
-            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
-                content: content.map(ChatCompletionRequestAssistantMessageContent::Text),
-                tool_calls: (!calls.is_empty()).then_some(calls),
-                ..Default::default()
-            })
-        }
-        ChatMessage::Tool { call_id, content } => {
-            ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
-                content: ChatCompletionRequestToolMessageContent::Text(content.clone()),
-                tool_call_id: call_id.clone(),
-            })
-        }
-    }
-}
-
-fn wire_tool(tool: &ToolSpec) -> ChatCompletionTools {
-    ChatCompletionTools::Function(ChatCompletionTool {
-        function: FunctionObject {
-            name: tool.name.to_owned(),
-            description: Some(tool.description.to_owned()),
-            parameters: Some(tool.parameters.clone()),
-            strict: None,
-        },
-    })
-}
-
-/// `name` reduced to OpenAI's `^[a-zA-Z0-9_-]{1,64}$`: other characters dropped, cut to
-/// 64; `None` when nothing is left.
-fn sanitize_name(name: &str) -> Option<String> {
-    let clean: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .take(MAX_NAME_CHARS)
-        .collect();
-    (!clean.is_empty()).then_some(clean)
 }
 
 fn from_api_error(error: ApiErrorResponse) -> ModelError {
@@ -957,15 +864,6 @@ mod tests {
             .await
             .expect("turn succeeds");
         assert_eq!(fake.requests()[1]["max_completion_tokens"], 40);
-    }
-
-    #[test]
-    fn names_are_sanitised() {
-        assert_eq!(sanitize_name("Ann_Lee-2"), Some("Ann_Lee-2".into()));
-        assert_eq!(sanitize_name("Zoë O'Neil"), Some("ZoONeil".into()));
-        assert_eq!(sanitize_name("李 雷"), None);
-        assert_eq!(sanitize_name(""), None);
-        assert_eq!(sanitize_name(&"a".repeat(100)).map(|n| n.len()), Some(64));
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! it again and never answers twice.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use moltbot_protocol::event::{AgentBudgetExhausted, ConversationKind, EventBody, Source};
@@ -670,7 +671,8 @@ pub struct HistoryRow {
     pub inbound: bool,
     /// Display name of an inbound message's author.
     pub sender: Option<String>,
-    pub text: String,
+    /// Shared with the prompts built from it.
+    pub text: Arc<str>,
 }
 
 /// What a queued run starts from.
@@ -1127,7 +1129,7 @@ where
                     seq,
                     inbound: direction == "inbound",
                     sender,
-                    text,
+                    text: text.into(),
                 })
             })
             .collect::<Result<_, StoreError>>()?,

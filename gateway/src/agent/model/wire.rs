@@ -1,0 +1,356 @@
+//! The chat completions request as it goes on the wire, borrowed from a [`ChatRequest`].
+//!
+//! async-openai's own request type owns every string, so building it copied the whole
+//! conversation, tool schemas included, once per model call, and dropped the copy after:
+//! about 5% of the gateway's CPU at 1,000 replies a second. This one only points into the
+//! request and is sent through async-openai's `byot` methods. It serialises to the same
+//! JSON as async-openai's type (a test holds it to that).
+
+use serde::{Serialize, Serializer};
+
+use super::{ChatMessage, ChatRequest, ToolCallRequest, ToolSpec};
+
+/// Longest `name` OpenAI accepts on a message.
+const MAX_NAME_CHARS: usize = 64;
+
+/// A streamed chat completion request.
+#[derive(Serialize)]
+pub(super) struct WireRequest<'a> {
+    model: &'a str,
+    #[serde(serialize_with = "serialize_messages")]
+    messages: &'a [ChatMessage],
+    #[serde(
+        serialize_with = "serialize_tools",
+        skip_serializing_if = "<[_]>::is_empty"
+    )]
+    tools: &'a [ToolSpec],
+    // OpenAI's reasoning models refuse the deprecated `max_tokens`; vLLM and llama.cpp
+    // read this one too.
+    max_completion_tokens: u32,
+    stream: bool,
+    stream_options: StreamOptions,
+}
+
+impl<'a> WireRequest<'a> {
+    pub(super) fn new(model: &'a str, request: &'a ChatRequest, max_tokens: u32) -> Self {
+        Self {
+            model,
+            messages: &request.messages,
+            tools: &request.tools,
+            max_completion_tokens: max_tokens,
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+enum WireMessage<'a> {
+    System {
+        content: &'a str,
+    },
+    User {
+        content: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    Assistant {
+        /// Required unless there are tool calls.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content: Option<&'a str>,
+        #[serde(
+            serialize_with = "serialize_tool_calls",
+            skip_serializing_if = "<[_]>::is_empty"
+        )]
+        tool_calls: &'a [ToolCallRequest],
+    },
+    Tool {
+        content: &'a str,
+        tool_call_id: &'a str,
+    },
+}
+
+impl<'a> From<&'a ChatMessage> for WireMessage<'a> {
+    fn from(message: &'a ChatMessage) -> Self {
+        match message {
+            ChatMessage::System(text) => WireMessage::System { content: text },
+            ChatMessage::User { name, text } => WireMessage::User {
+                content: text,
+                name: name.as_deref().and_then(sanitize_name),
+            },
+            ChatMessage::Assistant { text, tool_calls } => WireMessage::Assistant {
+                content: match text {
+                    Some(text) => Some(text),
+                    None if tool_calls.is_empty() => Some(""),
+                    None => None,
+                },
+                tool_calls,
+            },
+            ChatMessage::Tool { call_id, content } => WireMessage::Tool {
+                content,
+                tool_call_id: call_id,
+            },
+        }
+    }
+}
+
+/// Both tools and tool calls are of `"type": "function"`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Typed<T> {
+    Function(T),
+}
+
+#[derive(Serialize)]
+struct WireCall<'a> {
+    id: &'a str,
+    function: WireFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct WireFunctionCall<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct FunctionTool<'a> {
+    function: WireFunction<'a>,
+}
+
+fn serialize_messages<S: Serializer>(
+    messages: &[ChatMessage],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(messages.iter().map(WireMessage::from))
+}
+
+fn serialize_tools<S: Serializer>(tools: &[ToolSpec], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(tools.iter().map(|tool| {
+        Typed::Function(FunctionTool {
+            function: WireFunction {
+                name: tool.name,
+                description: tool.description,
+                parameters: &tool.parameters,
+            },
+        })
+    }))
+}
+
+fn serialize_tool_calls<S: Serializer>(
+    calls: &[ToolCallRequest],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(calls.iter().map(|call| {
+        Typed::Function(WireCall {
+            id: &call.id,
+            function: WireFunctionCall {
+                name: &call.name,
+                arguments: &call.arguments,
+            },
+        })
+    }))
+}
+
+/// `name` reduced to OpenAI's `^[a-zA-Z0-9_-]{1,64}$`: other characters dropped, cut to
+/// 64; `None` when nothing is left.
+fn sanitize_name(name: &str) -> Option<String> {
+    let clean: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .take(MAX_NAME_CHARS)
+        .collect();
+    (!clean.is_empty()).then_some(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use async_openai::types::chat::{
+        ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
+        ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
+        ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+        ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage,
+        ChatCompletionRequestToolMessageContent, ChatCompletionRequestUserMessage,
+        ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, ChatCompletionTool,
+        ChatCompletionTools, CreateChatCompletionRequest, FunctionCall, FunctionObject,
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    /// `message` as async-openai's own request type has it: the reference for the wire form.
+    fn typed_message(message: &ChatMessage) -> ChatCompletionRequestMessage {
+        match message {
+            ChatMessage::System(text) => {
+                ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
+                    content: ChatCompletionRequestSystemMessageContent::Text(text.clone()),
+                    name: None,
+                })
+            }
+            ChatMessage::User { name, text } => {
+                ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+                    content: ChatCompletionRequestUserMessageContent::Text(text.to_string()),
+                    name: name.as_deref().and_then(sanitize_name),
+                })
+            }
+            ChatMessage::Assistant { text, tool_calls } => {
+                let calls: Vec<_> = tool_calls
+                    .iter()
+                    .map(|call| {
+                        ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
+                            id: call.id.clone(),
+                            function: FunctionCall {
+                                name: call.name.clone(),
+                                arguments: call.arguments.clone(),
+                            },
+                        })
+                    })
+                    .collect();
+                let content = match text {
+                    Some(text) => Some(text.to_string()),
+                    None if calls.is_empty() => Some(String::new()),
+                    None => None,
+                };
+                ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
+                    content: content.map(ChatCompletionRequestAssistantMessageContent::Text),
+                    tool_calls: (!calls.is_empty()).then_some(calls),
+                    ..Default::default()
+                })
+            }
+            ChatMessage::Tool { call_id, content } => {
+                ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+                    content: ChatCompletionRequestToolMessageContent::Text(content.clone()),
+                    tool_call_id: call_id.clone(),
+                })
+            }
+        }
+    }
+
+    fn typed_request(request: &ChatRequest, max_tokens: u32) -> CreateChatCompletionRequest {
+        let tools: Vec<_> = request
+            .tools
+            .iter()
+            .map(|tool| {
+                ChatCompletionTools::Function(ChatCompletionTool {
+                    function: FunctionObject {
+                        name: tool.name.to_owned(),
+                        description: Some(tool.description.to_owned()),
+                        parameters: Some(tool.parameters.clone()),
+                        strict: None,
+                    },
+                })
+            })
+            .collect();
+        CreateChatCompletionRequest {
+            model: "pi-model".into(),
+            messages: request.messages.iter().map(typed_message).collect(),
+            tools: (!tools.is_empty()).then_some(tools),
+            max_completion_tokens: Some(max_tokens),
+            stream: Some(true),
+            stream_options: Some(ChatCompletionStreamOptions {
+                include_usage: Some(true),
+                include_obfuscation: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn call(id: &str, name: &str, arguments: &str) -> ToolCallRequest {
+        ToolCallRequest {
+            id: id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        }
+    }
+
+    fn every_kind_of_message() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::System("You are Pi. \"Quotes\" and\nnewlines.".into()),
+            ChatMessage::User {
+                name: Some("Zoë O'Neil".into()),
+                text: "hello".into(),
+            },
+            ChatMessage::User {
+                name: Some("李".into()),
+                text: "no name survives".into(),
+            },
+            ChatMessage::User {
+                name: None,
+                text: "".into(),
+            },
+            ChatMessage::Assistant {
+                text: Some("words".into()),
+                tool_calls: Vec::new(),
+            },
+            ChatMessage::Assistant {
+                text: None,
+                tool_calls: Vec::new(),
+            },
+            ChatMessage::Assistant {
+                text: None,
+                tool_calls: vec![
+                    call("call_1", "remember_fact", r#"{"fact":"cat"}"#),
+                    call("call_2", "search_messages", "{}"),
+                ],
+            },
+            ChatMessage::Assistant {
+                text: Some("and a call".into()),
+                tool_calls: vec![call("call_3", "set_follow_up", "not json")],
+            },
+            ChatMessage::Tool {
+                call_id: "call_1".into(),
+                content: "remembered".into(),
+            },
+        ]
+    }
+
+    fn value(body: &impl Serialize) -> serde_json::Value {
+        serde_json::to_value(body).expect("serialises")
+    }
+
+    #[test]
+    fn the_wire_request_is_what_async_openai_would_send() {
+        let mut request = ChatRequest {
+            messages: every_kind_of_message(),
+            tools: vec![ToolSpec {
+                name: "remember_fact",
+                description: "Store a fact.",
+                parameters: json!({"type": "object", "properties": {"fact": {"type": "string"}}}),
+            }],
+            max_tokens: 100,
+        };
+        assert_eq!(
+            value(&WireRequest::new("pi-model", &request, 42)),
+            value(&typed_request(&request, 42))
+        );
+
+        request.tools.clear();
+        let without_tools = value(&WireRequest::new("pi-model", &request, 42));
+        assert_eq!(without_tools, value(&typed_request(&request, 42)));
+        assert!(without_tools.get("tools").is_none(), "no empty tool list");
+    }
+
+    #[test]
+    fn names_are_sanitised() {
+        assert_eq!(sanitize_name("Ann_Lee-2"), Some("Ann_Lee-2".into()));
+        assert_eq!(sanitize_name("Zoë O'Neil"), Some("ZoONeil".into()));
+        assert_eq!(sanitize_name("李 雷"), None);
+        assert_eq!(sanitize_name(""), None);
+        assert_eq!(sanitize_name(&"a".repeat(100)).map(|n| n.len()), Some(64));
+    }
+}
