@@ -15,8 +15,8 @@ use moltbot_protocol::inbox::{
     AgentMode, AgentRunView, FactState, FollowUpState, FollowUpView, MemoryFactView, Page, RunState,
 };
 use moltbot_protocol::{Channel, Event};
-use rusqlite::params;
-use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use rusqlite::{OptionalExtension, params};
+use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
 
 use super::id_list;
 use super::inbox::{NewOutbound, insert_outbound};
@@ -918,19 +918,22 @@ impl Store {
         max_messages: u32,
         after: Option<MessageId>,
     ) -> Result<Option<RunStart>, StoreError> {
-        let row = read_context(
-            &self.reads,
-            context_sql!(
-                "SELECT conversation_id, trigger_message_id,
-                    (SELECT prompt_tokens + completion_tokens FROM agent_usage_daily WHERE day = ?2)
-                 FROM agent_runs WHERE id = ?1 AND state = 'queued'"
-            ),
-            run_id.to_string(),
-            Some(day.0),
-            max_messages,
-            after,
-        )
-        .await?;
+        let row = self
+            .read_on_writer(move |conn| {
+                read_context(
+                    conn,
+                    context_sql!(
+                        "SELECT conversation_id, trigger_message_id,
+                            (SELECT prompt_tokens + completion_tokens FROM agent_usage_daily WHERE day = ?2)
+                         FROM agent_runs WHERE id = ?1 AND state = 'queued'"
+                    ),
+                    run_id.to_string(),
+                    Some(day.0.to_string()),
+                    max_messages,
+                    after,
+                )
+            })
+            .await?;
         let Some((answered, tokens_today, context)) = row else {
             return Ok(None);
         };
@@ -951,14 +954,16 @@ impl Store {
         up_to: Option<MessageId>,
         max_messages: u32,
     ) -> Result<RunContext, StoreError> {
-        read_context(
-            &self.reads,
-            context_sql!("SELECT ?1, ?2, NULL"),
-            conversation_id.to_string(),
-            up_to.map(|id| id.to_string()),
-            max_messages,
-            None,
-        )
+        self.read_on_writer(move |conn| {
+            read_context(
+                conn,
+                context_sql!("SELECT ?1, ?2, NULL"),
+                conversation_id.to_string(),
+                up_to.map(|id| id.to_string()),
+                max_messages,
+                None,
+            )
+        })
         .await?
         .map(|(_, _, context)| context)
         .ok_or(StoreError::NotFound("conversation"))
@@ -1055,41 +1060,47 @@ impl Store {
     }
 }
 
-/// Reads a conversation's context in one statement (one round trip to a read connection)
-/// made by [`context_sql`]. The newest messages are found by id, which the writer assigns
-/// in order, so the conversation's index yields them without sorting its whole history.
-async fn read_context<A, B>(
-    reads: &SqlitePool,
+/// The target's trigger and tokens, and the context, of a [`context_sql!`] row.
+type TargetContext = (Option<String>, Option<i64>, RunContext);
+
+/// Reads a conversation's context in one statement made by [`context_sql`], on the
+/// writer's connection (see `Store::read_on_writer`). The newest messages are found by id,
+/// which the writer assigns in order, so the conversation's index yields them without
+/// sorting its whole history.
+fn read_context(
+    conn: &rusqlite::Connection,
     sql: &'static str,
-    first: A,
-    second: Option<B>,
+    first: String,
+    second: Option<String>,
     max_messages: u32,
     after: Option<MessageId>,
-) -> Result<Option<(Option<String>, Option<i64>, RunContext)>, StoreError>
-where
-    A: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
-    Option<B>: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send,
-{
-    type Row = (
-        Option<String>,
-        Option<i64>,
-        Option<String>,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<i64>,
-        i64,
-        String,
-        String,
-    );
-    let row: Option<Row> = sqlx::query_as(sql)
-        .bind(first)
-        .bind(second)
-        .bind(i64::from(max_messages))
-        .bind(after.map(|id| id.to_string()))
-        .fetch_optional(reads)
-        .await?;
+) -> Result<Option<TargetContext>, StoreError> {
+    let row = conn
+        .prepare_cached(sql)?
+        .query_row(
+            params![
+                first,
+                second,
+                i64::from(max_messages),
+                after.map(|id| id.to_string())
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, String>(9)?,
+                    r.get::<_, String>(10)?,
+                ))
+            },
+        )
+        .optional()?;
     let Some((
         trigger,
         tokens,

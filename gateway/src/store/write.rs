@@ -29,6 +29,8 @@ use crate::metrics::Metrics;
 /// What the writer's queue carries.
 pub(super) enum Command {
     Write(Job),
+    /// A read, run at once on the writer's connection outside any group; it answers itself.
+    Read(Box<dyn FnOnce(&Connection) + Send>),
     /// Refuse later writes, commit what is queued, and end.
     Stop,
 }
@@ -60,6 +62,8 @@ impl Writer {
             while let Some(command) = next.take() {
                 match command {
                     Command::Write(job) => batch.push(job),
+                    // No transaction is open here: the read sees every committed group.
+                    Command::Read(read) => read(&self.conn),
                     // What is already queued is still committed: the queue drains, then ends.
                     Command::Stop => queue.close(),
                 }
