@@ -26,18 +26,20 @@
 //!   Where the time goes: a reply waits for two durable writes in turn (the update with its
 //!   queued run; the run's outcome with the reply and its outbox row, the first send
 //!   attempt recorded with them), each a commit plus a sync of the WAL (the syncer overlaps
-//!   the fsync with the writer's next group), plus the poll cycle. The send is handed to
-//!   the sender with the durable write, so nothing is read back before `sendMessage`. That
-//!   is p50 6 ms / p99 10–11 ms at 300/s and p50 7 ms / p99 14 ms at 600/s. At 1,000/s the
-//!   two cores are about 80% busy (gateway 1.15–1.3 cores, fakes 0.3, the kernel's disk and
-//!   network work beside them), so queueing sets the tail, and it depends on what else the
-//!   host runs: the same binary gives p99 27–33 ms in a quiet spell and 100–155 ms when
-//!   every operation costs 10–15% more CPU (the gateway's and the fakes' CPU per reply rise
-//!   together). Most of the gateway's CPU is per commit, per wake-up and per request rather
-//!   than per reply: CPU per reply falls from 3 ms at 300/s to 1.2 ms at 1,000/s as groups
-//!   grow, and a prompt of 20 history messages instead of 200 costs the same. Checkpointing
-//!   after every sync is 10% of it; spacing checkpoints out cut that at 300/s but doubled
-//!   the ingest bench's p99, so it stays per sync.
+//!   the fsync with the writer's next group), plus the poll cycle and the run's start, read
+//!   on the writer's connection. The send is handed to the sender with the durable write,
+//!   so nothing is read back before `sendMessage`. That is
+//!   p50 6 ms / p99 10 ms at 300/s and p50 9 ms / p99 16 ms at 600/s. At 1,000/s the
+//!   gateway needs 1.04–1.17 cores and the fakes 0.28–0.44, so queueing sets the tail, and
+//!   it depends on what else the host runs: the same binary gives p99 26–48 ms in a quiet
+//!   spell and 52–167 ms when every operation costs 10–15% more CPU (the gateway's and the
+//!   fakes' CPU per reply rise together). Most of the gateway's CPU is per commit, per
+//!   wake-up and per request rather than per reply: CPU per reply falls from 2.8 ms at
+//!   300/s to 1.1 ms at 1,000/s and 0.7–1.0 ms flat out as groups grow. At 1,000/s the
+//!   writer's thread is about 40% busy, each async worker 23%, the checkpointer 18%.
+//!   Checkpointing after every sync stays: spacing checkpoints out by 10 ms saved 5% of
+//!   the CPU here but doubled the ingest bench's p99 (24 → 45–51 ms), and spacing them only
+//!   while the WAL is small gained nothing measurable.
 //! - **slow model**: the same people write once each to a 2 s model with
 //!   `agent.max_concurrent_runs` = `BENCH_LIMIT` (32); the highest number of model calls
 //!   in flight must equal the limit, and the burst takes about ⌈users / limit⌉ × 2 s.

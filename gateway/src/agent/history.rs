@@ -1,9 +1,11 @@
 //! The recent history of conversations, kept between runs.
 //!
 //! Reading a conversation's newest messages for every run cost more than anything else a
-//! run does: after each commit SQLite drops a read connection's page cache, so the messages
-//! of a busy conversation (scattered among everyone else's) came from the file again each
-//! time. A run now reads only the messages newer than the ones kept here, and the whole
+//! run did on a read connection: after each commit SQLite drops such a connection's page
+//! cache, so the messages of a busy conversation (scattered among everyone else's) came
+//! from the file again each time. (A run's start is now read on the writer's connection,
+//! whose cache stays warm; the copy still spares it decoding the whole history.) A run now
+//! reads only the messages newer than the ones kept here, and the whole
 //! history again only when the copy may differ from the store: a message was edited,
 //! deleted or removed (the conversation's `history_rev`), the rolling summary moved, or
 //! the copy is older than [`MAX_AGE`] (which bounds what no revision tracks, such as a
