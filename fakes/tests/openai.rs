@@ -62,6 +62,15 @@ fn ask(text: &str) -> CreateChatCompletionRequest {
     request(vec![user(text)]).build().expect("request builds")
 }
 
+/// With async-openai's `byot` feature, which the workspace enables for the gateway,
+/// `create_stream` sends the request as it is: a streamed one must say so itself.
+fn ask_streamed(text: &str) -> CreateChatCompletionRequest {
+    request(vec![user(text)])
+        .stream(true)
+        .build()
+        .expect("request builds")
+}
+
 fn remember_tool() -> ChatCompletionTools {
     ChatCompletionTools::Function(ChatCompletionTool {
         function: FunctionObjectArgs::default()
@@ -182,6 +191,7 @@ async fn streamed_text_reassembles_and_ends_with_usage() {
         include_usage: Some(true),
         include_obfuscation: None,
     });
+    args.stream(true);
     let stream = client(&fake)
         .chat()
         .create_stream(args.build().unwrap())
@@ -278,6 +288,7 @@ async fn streamed_tool_call_arguments_reassemble() {
 
     let mut args = request(vec![user("remember my cat")]);
     args.tools(vec![remember_tool()]);
+    args.stream(true);
     let stream = client(&fake)
         .chat()
         .create_stream(args.build().unwrap())
@@ -513,7 +524,7 @@ async fn scripted_error_on_a_stream_is_plain_json() {
         retry_after: None,
     });
 
-    let result = client(&fake).chat().create_stream(ask("hi")).await;
+    let result = client(&fake).chat().create_stream(ask_streamed("hi")).await;
 
     let error = api_error(result.err().expect("stream request fails"));
     assert_eq!(error.status_code, 400);
@@ -605,7 +616,7 @@ async fn malformed_stream_fails_the_client() {
 
     let stream = client(&fake)
         .chat()
-        .create_stream(ask("hi"))
+        .create_stream(ask_streamed("hi"))
         .await
         .expect("stream opens: the 200 comes first");
     let items: Vec<_> = stream.collect().await;
@@ -650,7 +661,7 @@ async fn hang_on_a_stream_never_opens_it() {
 
     let opened = tokio::time::timeout(
         Duration::from_millis(300),
-        client.chat().create_stream(ask("hi")),
+        client.chat().create_stream(ask_streamed("hi")),
     )
     .await;
 
@@ -730,7 +741,11 @@ async fn stream_stays_in_flight_between_delayed_chunks() {
     fake.enqueue(Reply::Text("a b c d e f g h i".to_owned()));
 
     let started = Instant::now();
-    let mut stream = client(&fake).chat().create_stream(ask("hi")).await.unwrap();
+    let mut stream = client(&fake)
+        .chat()
+        .create_stream(ask_streamed("hi"))
+        .await
+        .unwrap();
     stream.next().await.unwrap().unwrap();
     assert_eq!(fake.in_flight(), 1, "the rest of the stream is pending");
     let rest = collect(stream).await;
@@ -864,7 +879,11 @@ async fn requests_are_recorded_in_order() {
     let client = client(&fake);
 
     client.chat().create(ask("first")).await.unwrap();
-    let stream = client.chat().create_stream(ask("second")).await.unwrap();
+    let stream = client
+        .chat()
+        .create_stream(ask_streamed("second"))
+        .await
+        .unwrap();
     collect(stream).await;
     raw_post(&fake, None, "{not json").await;
 
