@@ -15,6 +15,7 @@ use moltbot_protocol::inbox::{
     AgentMode, AgentRunView, FactState, FollowUpState, FollowUpView, MemoryFactView, Page, RunState,
 };
 use moltbot_protocol::{Channel, Event};
+use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params};
 use sqlx::{FromRow, QueryBuilder, Sqlite, SqliteConnection};
 
@@ -928,13 +929,13 @@ impl Store {
                          FROM agent_runs WHERE id = ?1 AND state = 'queued'"
                     ),
                     run_id.to_string(),
-                    Some(day.0.to_string()),
+                    Value::Integer(day.0),
                     max_messages,
                     after,
                 )
             })
             .await?;
-        let Some((answered, tokens_today, context)) = row else {
+        let Some((answered, tokens_today, context)) = row.map(decode_context).transpose()? else {
             return Ok(None);
         };
         let answered =
@@ -959,12 +960,14 @@ impl Store {
                 conn,
                 context_sql!("SELECT ?1, ?2, NULL"),
                 conversation_id.to_string(),
-                up_to.map(|id| id.to_string()),
+                up_to.map_or(Value::Null, |id| Value::Text(id.to_string())),
                 max_messages,
                 None,
             )
         })
         .await?
+        .map(decode_context)
+        .transpose()?
         .map(|(_, _, context)| context)
         .ok_or(StoreError::NotFound("conversation"))
     }
@@ -1060,21 +1063,38 @@ impl Store {
     }
 }
 
-/// The target's trigger and tokens, and the context, of a [`context_sql!`] row.
+/// A [`context_sql!`] row as the statement answers it: the target's trigger and tokens,
+/// the conversation, the summary, the history revision, and facts and history as JSON.
+type ContextRow = (
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    i64,
+    String,
+    String,
+);
+
+/// The target's trigger and tokens, and the context, of a decoded [`ContextRow`].
 type TargetContext = (Option<String>, Option<i64>, RunContext);
 
 /// Reads a conversation's context in one statement made by [`context_sql`], on the
-/// writer's connection (see `Store::read_on_writer`). The newest messages are found by id,
+/// writer's connection (see `Store::read_on_writer`); the caller decodes it with
+/// [`decode_context`], off the writer's thread. The newest messages are found by id,
 /// which the writer assigns in order, so the conversation's index yields them without
 /// sorting its whole history.
 fn read_context(
     conn: &rusqlite::Connection,
     sql: &'static str,
     first: String,
-    second: Option<String>,
+    second: Value,
     max_messages: u32,
     after: Option<MessageId>,
-) -> Result<Option<TargetContext>, StoreError> {
+) -> Result<Option<ContextRow>, StoreError> {
     let row = conn
         .prepare_cached(sql)?
         .query_row(
@@ -1086,22 +1106,26 @@ fn read_context(
             ],
             |r| {
                 Ok((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, Option<i64>>(7)?,
-                    r.get::<_, i64>(8)?,
-                    r.get::<_, String>(9)?,
-                    r.get::<_, String>(10)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
                 ))
             },
         )
         .optional()?;
-    let Some((
+    Ok(row)
+}
+
+fn decode_context(row: ContextRow) -> Result<TargetContext, StoreError> {
+    let (
         trigger,
         tokens,
         title,
@@ -1113,10 +1137,7 @@ fn read_context(
         history_rev,
         facts,
         history,
-    )) = row
-    else {
-        return Ok(None);
-    };
+    ) = row;
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("run context: {e}"));
     let facts: Vec<String> = serde_json::from_str(&facts).map_err(corrupt)?;
     let mut history: Vec<(String, i64, String, Option<String>, String)> =
@@ -1145,7 +1166,7 @@ fn read_context(
             })
             .collect::<Result<_, StoreError>>()?,
     };
-    Ok(Some((trigger, tokens, context)))
+    Ok((trigger, tokens, context))
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 //!
 //! All writes go through one writer thread that commits them in groups (see [`write`]);
 //! after a commit the [`publish`] task puts the changes on the bus. Reads use a separate
-//! pool of read-only connections, which WAL lets run beside the writer.
+//! pool of read-only connections, which WAL lets run beside the writer, except the few on
+//! every reply's path, which the writer's connection answers between groups
+//! (`Store::read_on_writer`).
 
 mod agent;
 mod amend;
@@ -17,6 +19,7 @@ mod write;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -65,6 +68,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database error in the writer: {0}")]
     Writer(#[from] rusqlite::Error),
+    /// A read on the writer's connection could not run or did not finish.
+    #[error("a read on the writer's connection failed: {0}")]
+    ReadOnWriter(&'static str),
     #[error("commit failed, nothing in its group was stored: {0}")]
     CommitFailed(String),
     /// The disk did not confirm a sync: the write may or may not have been kept, and the
@@ -293,7 +299,18 @@ impl Store {
     ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         let read = Box::new(move |conn: &rusqlite::Connection| {
-            let _ = reply.send(read(conn));
+            let result = if !conn.is_autocommit() {
+                // Groups never leave a transaction open; should a failed rollback leave one,
+                // the read would see writes that were not committed.
+                Err(StoreError::ReadOnWriter(
+                    "the connection is inside a transaction",
+                ))
+            } else {
+                // A panic must not end the writer's thread, which every write needs.
+                std::panic::catch_unwind(AssertUnwindSafe(|| read(conn)))
+                    .unwrap_or(Err(StoreError::ReadOnWriter("the read panicked")))
+            };
+            let _ = reply.send(result);
         });
         self.commands
             .send(Command::Read(read))
@@ -628,6 +645,33 @@ mod tests {
             store.sync_failed().now_or_never().is_some(),
             "the gateway is told to restart"
         );
+        writer.finish().await;
+    }
+
+    /// A read on the writer sees what is committed, and one that panics fails alone: the
+    /// writer's thread goes on with writes and reads.
+    #[tokio::test]
+    async fn a_read_on_the_writer_sees_commits_and_a_panicking_one_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let count = || {
+            store.read_on_writer(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))?)
+            })
+        };
+        store.ingest(message("1", "hello")).await.unwrap();
+        assert_eq!(count().await.unwrap(), 1);
+
+        let panicked = store
+            .read_on_writer(|_| -> Result<(), StoreError> { panic!("a read that breaks") })
+            .await;
+        assert!(
+            matches!(panicked, Err(StoreError::ReadOnWriter(_))),
+            "{panicked:?}"
+        );
+
+        store.ingest(message("2", "again")).await.unwrap();
+        assert_eq!(count().await.unwrap(), 2);
         writer.finish().await;
     }
 

@@ -2,7 +2,8 @@
 //! transaction for everything queued); a group in which a write fails is run again with a
 //! savepoint per write, so the bad write fails alone. A committed group goes to the
 //! [`sync`](super::sync) thread, which answers its callers once it is durable, while the
-//! writer goes on with the next group.
+//! writer goes on with the next group. Between groups it also answers the reads queued
+//! with the writes (`Store::read_on_writer`), on its warm page cache.
 //!
 //! The connection is a plain synchronous one on its own thread: a write is several small
 //! statements, and an async driver would hand each of them to a worker thread and wait for
@@ -31,7 +32,7 @@ pub(super) enum Command {
     Write(Job),
     /// A read, run at once on the writer's connection outside any group; it answers itself.
     Read(Box<dyn FnOnce(&Connection) + Send>),
-    /// Refuse later writes, commit what is queued, and end.
+    /// Refuse later writes and reads, commit and answer what is queued, and end.
     Stop,
 }
 
