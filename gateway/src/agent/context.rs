@@ -140,15 +140,17 @@ pub(crate) fn build(input: &ContextInput) -> Context {
             Cow::Owned(cut) => cut.into(),
         };
         let chat = chat_message(message, text);
-        left = left.saturating_sub(estimate_message_tokens(&chat));
-        chat
+        let tokens = estimate_message_tokens(&chat);
+        left = left.saturating_sub(tokens);
+        (chat, tokens)
     });
 
     let system = with_memory(base, input.facts, input.summary, &mut left);
 
     // Newest first, stopping at the first that does not fit, so that what is left out is
     // one contiguous oldest part that a summary can replace.
-    let mut kept = Vec::new();
+    let mut kept = Vec::with_capacity(older.len());
+    let mut kept_tokens = 0_u32;
     let mut overflow = None;
     for (index, message) in older.iter().enumerate().rev() {
         let chat = chat_message(message, message.text.clone());
@@ -161,17 +163,19 @@ pub(crate) fn build(input: &ContextInput) -> Context {
             break;
         }
         left -= tokens;
+        kept_tokens = kept_tokens.saturating_add(tokens);
         kept.push(chat);
     }
 
+    let system = ChatMessage::System(system);
+    // Each message is estimated once, as it is placed.
+    let estimated_tokens = estimate_message_tokens(&system)
+        .saturating_add(kept_tokens)
+        .saturating_add(newest.as_ref().map_or(0, |(_, tokens)| *tokens));
     let mut messages = Vec::with_capacity(kept.len() + 2);
-    messages.push(ChatMessage::System(system));
+    messages.push(system);
     messages.extend(kept.into_iter().rev());
-    messages.extend(newest);
-    let estimated_tokens = messages
-        .iter()
-        .map(estimate_message_tokens)
-        .fold(0, u32::saturating_add);
+    messages.extend(newest.map(|(chat, _)| chat));
     Context {
         messages,
         estimated_tokens,
@@ -324,10 +328,12 @@ fn sender_of(message: &HistoryRow) -> Option<&str> {
 /// Inbound messages are the user's, outbound ones Pi's (or the owner's, in Pi's voice).
 fn chat_message(message: &HistoryRow, text: Arc<str>) -> ChatMessage {
     if message.inbound {
-        ChatMessage::User {
-            name: sender_of(message).map(str::to_owned),
-            text,
-        }
+        // The stored name is shared, unless trimming changed it.
+        let name = sender_of(message).map(|name| match &message.sender {
+            Some(stored) if stored.len() == name.len() => stored.clone(),
+            _ => Arc::from(name),
+        });
+        ChatMessage::User { name, text }
     } else {
         ChatMessage::Assistant {
             text: Some(text),
@@ -372,7 +378,7 @@ mod tests {
             id: MessageId(ulid::Ulid::from_parts(seq as u64, 0)),
             seq,
             inbound,
-            sender: inbound.then(|| "Ann".to_owned()),
+            sender: inbound.then(|| "Ann".into()),
             text: text.into(),
         }
     }
@@ -435,6 +441,36 @@ mod tests {
             }),
             4 + 2 + 1
         );
+    }
+
+    #[test]
+    fn a_sender_name_is_trimmed_a_blank_one_left_out_and_every_message_counted() {
+        let mut history = history(3);
+        history[0].sender = Some("  Ann Lee \n".into());
+        history[2].sender = Some("   ".into());
+
+        let context = build(&input(&history, &[], 10_000));
+
+        assert_eq!(
+            context.messages[1],
+            ChatMessage::User {
+                name: Some("Ann Lee".into()),
+                text: history[0].text.clone()
+            }
+        );
+        assert_eq!(
+            context.messages[3],
+            ChatMessage::User {
+                name: None,
+                text: history[2].text.clone()
+            }
+        );
+        let counted = context
+            .messages
+            .iter()
+            .map(estimate_message_tokens)
+            .sum::<u32>();
+        assert_eq!(context.estimated_tokens, counted);
     }
 
     #[test]

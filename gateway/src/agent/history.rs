@@ -122,7 +122,7 @@ impl HistoryCache {
         };
         let bytes = messages
             .iter()
-            .map(|m| m.text.len() + m.sender.as_ref().map_or(0, String::len))
+            .map(|m| m.text.len() + m.sender.as_ref().map_or(0, |s| s.len()))
             .sum::<usize>()
             + messages.len() * size_of::<HistoryRow>();
         if bytes > self.budget_bytes {

@@ -99,7 +99,7 @@ pub(crate) enum ChatMessage {
     /// `name` tells group members apart; it is cleaned to what OpenAI accepts when sent.
     /// History texts are shared with the history cache rather than copied per turn.
     User {
-        name: Option<String>,
+        name: Option<Arc<str>>,
         text: Arc<str>,
     },
     Assistant {

@@ -671,7 +671,7 @@ pub struct HistoryRow {
     /// From the person (or group members) rather than from Pi or the owner.
     pub inbound: bool,
     /// Display name of an inbound message's author.
-    pub sender: Option<String>,
+    pub sender: Option<Arc<str>>,
     /// Shared with the prompts built from it.
     pub text: Arc<str>,
 }
@@ -1160,7 +1160,7 @@ fn decode_context(row: ContextRow) -> Result<TargetContext, StoreError> {
                     id: parse_id(&id)?,
                     seq,
                     inbound: direction == "inbound",
-                    sender,
+                    sender: sender.map(Arc::from),
                     text: text.into(),
                 })
             })

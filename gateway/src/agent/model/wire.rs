@@ -6,6 +6,8 @@
 //! request and is sent through async-openai's `byot` methods. It serialises to the same
 //! JSON as async-openai's type (a test holds it to that).
 
+use std::fmt::{self, Write as _};
+
 use serde::{Serialize, Serializer};
 
 use super::{ChatMessage, ChatRequest, ToolCallRequest, ToolSpec};
@@ -60,7 +62,7 @@ enum WireMessage<'a> {
     User {
         content: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
-        name: Option<String>,
+        name: Option<CleanName<'a>>,
     },
     Assistant {
         /// Required unless there are tool calls.
@@ -84,7 +86,7 @@ impl<'a> From<&'a ChatMessage> for WireMessage<'a> {
             ChatMessage::System(text) => WireMessage::System { content: text },
             ChatMessage::User { name, text } => WireMessage::User {
                 content: text,
-                name: name.as_deref().and_then(sanitize_name),
+                name: name.as_deref().and_then(CleanName::of),
             },
             ChatMessage::Assistant { text, tool_calls } => WireMessage::Assistant {
                 content: match text {
@@ -167,15 +169,35 @@ fn serialize_tool_calls<S: Serializer>(
     }))
 }
 
-/// `name` reduced to OpenAI's `^[a-zA-Z0-9_-]{1,64}$`: other characters dropped, cut to
-/// 64; `None` when nothing is left.
-fn sanitize_name(name: &str) -> Option<String> {
-    let clean: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-        .take(MAX_NAME_CHARS)
-        .collect();
-    (!clean.is_empty()).then_some(clean)
+/// A name as OpenAI accepts it (`^[a-zA-Z0-9_-]{1,64}$`): other characters dropped, cut
+/// to 64. Written out as it is serialised rather than copied first.
+struct CleanName<'a>(&'a str);
+
+impl<'a> CleanName<'a> {
+    /// `None` when nothing of `name` is left.
+    fn of(name: &'a str) -> Option<Self> {
+        name.chars().any(allowed_in_name).then_some(Self(name))
+    }
+}
+
+fn allowed_in_name(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+impl fmt::Display for CleanName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0
+            .chars()
+            .filter(|c| allowed_in_name(*c))
+            .take(MAX_NAME_CHARS)
+            .try_for_each(|c| f.write_char(c))
+    }
+}
+
+impl Serialize for CleanName<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 #[cfg(test)]
@@ -205,7 +227,7 @@ mod tests {
             ChatMessage::User { name, text } => {
                 ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
                     content: ChatCompletionRequestUserMessageContent::Text(text.to_string()),
-                    name: name.as_deref().and_then(sanitize_name),
+                    name: clean(name.as_deref()),
                 })
             }
             ChatMessage::Assistant { text, tool_calls } => {
@@ -290,6 +312,16 @@ mod tests {
                 text: "no name survives".into(),
             },
             ChatMessage::User {
+                name: Some(
+                    "é".repeat(10)
+                        .chars()
+                        .chain("b".repeat(100).chars())
+                        .collect::<String>()
+                        .into(),
+                ),
+                text: "a long name is cut".into(),
+            },
+            ChatMessage::User {
                 name: None,
                 text: "".into(),
             },
@@ -345,12 +377,16 @@ mod tests {
         assert!(without_tools.get("tools").is_none(), "no empty tool list");
     }
 
+    fn clean(name: Option<&str>) -> Option<String> {
+        name.and_then(CleanName::of).map(|name| name.to_string())
+    }
+
     #[test]
     fn names_are_sanitised() {
-        assert_eq!(sanitize_name("Ann_Lee-2"), Some("Ann_Lee-2".into()));
-        assert_eq!(sanitize_name("Zoë O'Neil"), Some("ZoONeil".into()));
-        assert_eq!(sanitize_name("李 雷"), None);
-        assert_eq!(sanitize_name(""), None);
-        assert_eq!(sanitize_name(&"a".repeat(100)).map(|n| n.len()), Some(64));
+        assert_eq!(clean(Some("Ann_Lee-2")), Some("Ann_Lee-2".into()));
+        assert_eq!(clean(Some("Zoë O'Neil")), Some("ZoONeil".into()));
+        assert_eq!(clean(Some("李 雷")), None);
+        assert_eq!(clean(Some("")), None);
+        assert_eq!(clean(Some(&"a".repeat(100))).map(|n| n.len()), Some(64));
     }
 }
