@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::{
     Reply, ToolCall,
-    wire::{ChatRequest, random_id},
+    wire::{ChatRequest, Message, random_id},
 };
 
 /// Longest echoed user text, in characters, before it is cut.
@@ -110,7 +110,7 @@ impl Completion {
 
 impl Usage {
     fn new(request: &ChatRequest, completion_chars: usize) -> Self {
-        let prompt_chars = request.messages.iter().map(|m| char_count(&m.text())).sum();
+        let prompt_chars = request.messages.iter().map(Message::chars).sum();
         let per_message = u32::try_from(request.messages.len())
             .unwrap_or(u32::MAX)
             .saturating_mul(3);

@@ -2,7 +2,10 @@
 //! completion, stream chunk, model list and error bodies it writes.
 
 use rand::{Rng, distr::Alphanumeric};
+use std::fmt;
+
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::{Value, json};
 
 use super::answer::Completion;
@@ -26,11 +29,44 @@ pub(super) struct Message {
 }
 
 /// A message's content: a string, or an array of parts of which only text parts count.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum Content {
     Text(String),
     Parts(Vec<Part>),
+}
+
+/// By the JSON type at hand, rather than serde's `untagged`, which buffers every message's
+/// content before trying each shape (the Telegram bench sends 200-message prompts).
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ContentVisitor;
+
+        impl<'de> Visitor<'de> for ContentVisitor {
+            type Value = Content;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of content parts")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Content, E> {
+                Ok(Content::Text(text.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<Content, E> {
+                Ok(Content::Text(text))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(part) = seq.next_element()? {
+                    parts.push(part);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+
+        deserializer.deserialize_any(ContentVisitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +91,19 @@ pub(super) struct StreamOptions {
 }
 
 impl Message {
+    /// Characters of [`Message::text`], without joining the parts.
+    pub fn chars(&self) -> usize {
+        match &self.content {
+            None => 0,
+            Some(Content::Text(text)) => text.chars().count(),
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .map(|text| text.chars().count())
+                .sum(),
+        }
+    }
+
     /// The message's text: its string content, or its text parts joined.
     pub fn text(&self) -> String {
         match &self.content {
@@ -291,4 +340,36 @@ fn char_pieces(text: &str, len: usize) -> Vec<String> {
         .chunks(len)
         .map(|piece| piece.iter().collect())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(content: Value) -> Result<Message, serde_json::Error> {
+        serde_json::from_value(json!({"role": "user", "content": content}))
+    }
+
+    #[test]
+    fn content_is_a_string_text_parts_or_nothing() {
+        let text = message(json!("héllo")).unwrap();
+        assert_eq!((text.text(), text.chars()), ("héllo".to_owned(), 5));
+
+        let parts = message(json!([
+            {"type": "text", "text": "ab"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            {"type": "text", "text": "cd"},
+        ]))
+        .unwrap();
+        assert_eq!((parts.text(), parts.chars()), ("abcd".to_owned(), 4));
+
+        let none = message(Value::Null).unwrap();
+        assert_eq!((none.text(), none.chars()), (String::new(), 0));
+
+        let error = message(json!(7)).unwrap_err().to_string();
+        assert!(
+            error.contains("a string or an array of content parts"),
+            "{error}"
+        );
+    }
 }
