@@ -28,13 +28,13 @@
 //!   attempt recorded with them), each a commit plus a sync of the WAL (the syncer overlaps
 //!   the fsync with the writer's next group), plus the poll cycle and the run's start, read
 //!   on the writer's connection. The send is handed to the sender with the durable write,
-//!   so nothing is read back before `sendMessage`. That is
-//!   p50 6 ms / p99 10 ms at 300/s and p50 9 ms / p99 16 ms at 600/s. At 1,000/s the
-//!   gateway needs 1.04–1.17 cores and the fakes 0.28–0.44, so queueing sets the tail, and
+//!   so nothing is read back before `sendMessage`. That is p50 6–9 ms / p99 10–21 ms at
+//!   300/s and p50 9–14 ms / p99 16–41 ms at 600/s, by how busy the host is. At 1,000/s the
+//!   gateway needs 1.04–1.2 cores and the fakes 0.28–0.44, so queueing sets the tail, and
 //!   it depends on what else the host runs: the same binary gives p99 26–48 ms in a quiet
-//!   spell and 52–167 ms when every operation costs 10–15% more CPU (the gateway's and the
+//!   spell and 52–197 ms when every operation costs 10–15% more CPU (the gateway's and the
 //!   fakes' CPU per reply rise together). Most of the gateway's CPU is per commit, per
-//!   wake-up and per request rather than per reply: CPU per reply falls from 2.8 ms at
+//!   wake-up and per request rather than per reply: CPU per reply falls from 2.8–3.2 ms at
 //!   300/s to 1.1 ms at 1,000/s and 0.7–1.0 ms flat out as groups grow. At 1,000/s the
 //!   writer's thread is about 40% busy, each async worker 23%, the checkpointer 18%.
 //!   Checkpointing after every sync stays: spacing checkpoints out by 10 ms saved 5% of
