@@ -1,9 +1,9 @@
 //! OpenAI's JSON shapes: the parts of a chat completion request the fake reads, and the
 //! completion, stream chunk, model list and error bodies it writes.
 
-use rand::{Rng, distr::Alphanumeric};
 use std::fmt;
 
+use rand::{Rng, distr::Alphanumeric};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::{Value, json};

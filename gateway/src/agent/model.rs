@@ -271,7 +271,6 @@ impl ModelClient {
         let mut retries = 0;
         loop {
             let mut progress = Progress::default();
-            // Built per attempt rather than cloned: most turns take one.
             let body = WireRequest::new(&self.model, request, request.max_tokens.min(max_tokens));
             let attempt = self.attempt(body, on_event, &mut progress);
             let result = match tokio::time::timeout(self.timeout, attempt).await {
