@@ -10,8 +10,8 @@ use moltbot_protocol::ids::ConversationId;
 use tokio::sync::Notify;
 use tokio::task::{Id, JoinError, JoinSet};
 
-/// News of work: the conversations that durable writes gave work to, posted by the store and
-/// taken by a worker.
+/// News of work: the conversations that writes gave work to, posted by the store (outbound
+/// messages once durable, agent runs at their commit) and taken by a worker.
 #[derive(Default)]
 pub(crate) struct News {
     conversations: Mutex<HashSet<ConversationId>>,

@@ -160,7 +160,7 @@ pub struct Store {
     commands: mpsc::Sender<Command>,
     /// The conversations durable writes queued outbound messages for.
     outbox_ready: Arc<News>,
-    /// The conversations durable writes queued agent runs for.
+    /// The conversations committed writes queued agent runs for.
     runs_ready: Arc<News>,
     /// Sends handed to the sender whole.
     handed: Arc<outbox::Handed>,
@@ -250,10 +250,10 @@ impl Store {
             wal_grew,
             metrics: metrics.clone(),
             outbox_ready: outbox_ready.clone(),
-            runs_ready: runs_ready.clone(),
             handed: handed.clone(),
         };
         let writer = write::Writer {
+            runs_ready: runs_ready.clone(),
             committed,
             sync_failed: sync_failed.clone(),
             handed: handed.clone(),

@@ -26,6 +26,7 @@ use super::{
     IngestOutcome, Job, StoreError, Write, Written, agent, amend, channels, inbox, ms, outbox,
 };
 use crate::metrics::Metrics;
+use crate::tasks::News;
 
 /// What the writer's queue carries.
 pub(super) enum Command {
@@ -45,6 +46,9 @@ pub(super) struct Writer {
     /// Sends handed to the sender, claimed here before their commit.
     pub(super) handed: Arc<outbox::Handed>,
     pub(super) metrics: Arc<Metrics>,
+    /// Told of queued runs at their commit, without waiting for the sync (see
+    /// [`super::sync`]).
+    pub(super) runs_ready: Arc<News>,
     /// Whether and how a new message queues an agent run; the config may change it at reload.
     pub(super) policy: watch::Receiver<agent::RunPolicy>,
     pub(super) max_batch: usize,
@@ -98,7 +102,11 @@ impl Writer {
         };
         self.metrics.store_commit(size, started.elapsed());
         match committed {
-            Ok(group) => {
+            Ok(mut group) => {
+                let runs = std::mem::take(&mut group.wake.agent);
+                if !runs.is_empty() {
+                    self.runs_ready.post(runs);
+                }
                 let committed = Committed {
                     answers: batch
                         .drain(..)
@@ -233,7 +241,7 @@ struct Group {
 pub(super) struct Wake {
     /// Conversations with outbound messages queued.
     pub(super) outbox: Vec<ConversationId>,
-    /// Conversations with agent runs queued.
+    /// Conversations with agent runs queued; posted at the commit, not by the syncer.
     pub(super) agent: Vec<ConversationId>,
     /// Sends handed to the sender whole (see [`outbox::Handed`]).
     pub(super) handed: Vec<outbox::OutboxItem>,
@@ -349,5 +357,92 @@ fn apply(cx: &mut Ctx<'_>, write: &Write) -> Result<Written, StoreError> {
         Write::Agent(w) => agent::apply(cx, w),
         Write::Channel(w) => channels::apply(cx, w),
         Write::Amend(w) => amend::apply(cx, w),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use futures_util::FutureExt;
+    use moltbot_protocol::inbox::AgentMode;
+    use serde_json::json;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::store::{DB_FILE, Store, inbox, open_writer};
+
+    /// The agent hears of a queued run when its group commits: the write's answer still
+    /// waits for the sync, and so does the poll that delivered the message, but the run
+    /// does not (the sync of its outcome covers the message).
+    #[tokio::test]
+    async fn a_queued_run_is_news_at_its_commit_before_its_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = watch::channel(agent::RunPolicy {
+            enabled: true,
+            default_mode: AgentMode::Autopilot,
+            require_mention_in_groups: true,
+        })
+        .1;
+        let metrics = Arc::new(Metrics::new());
+        // A store to create and migrate the database; its writer stands down for ours.
+        let (_, handle) = Store::open(
+            dir.path(),
+            &StoreConfig::default(),
+            crate::bus::Bus::new(4),
+            metrics.clone(),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+        handle.finish().await;
+        let conn = open_writer(&dir.path().join(DB_FILE)).unwrap();
+        // Nobody syncs: committed groups stay here.
+        let (committed, unsynced) = std::sync::mpsc::sync_channel(4);
+        let runs_ready = Arc::new(News::default());
+        let mut writer = Writer {
+            indexed_up_to: last_message_seq(&conn).unwrap(),
+            conn,
+            committed,
+            sync_failed: CancellationToken::new(),
+            handed: Arc::default(),
+            metrics,
+            runs_ready: runs_ready.clone(),
+            policy,
+            max_batch: 8,
+            ids: Generator::new(),
+        };
+        let event = serde_json::from_value(json!({
+            "schema_version": 1, "id": ulid::Ulid::new().to_string(),
+            "occurred_at": "2026-12-03T10:00:00Z",
+            "source": {"channel": "webchat", "connection": "webchat"},
+            "type": "message.received",
+            "data": {"conversation": {"provider_id": "chat"}, "provider_message_id": "1",
+                     "sender": {"provider_id": "ann"}, "text": "hello",
+                     "sent_at": "2026-12-03T10:00:00Z"},
+        }))
+        .unwrap();
+        let (reply, mut answer) = oneshot::channel();
+        let write = Write::Inbox(inbox::InboxWrite::Ingest {
+            event: Box::new(event),
+            receipt: None,
+        });
+        writer.commit_group(&mut vec![Job { write, reply }]);
+
+        let news = runs_ready
+            .take()
+            .now_or_never()
+            .expect("news at the commit");
+        assert!(answer.try_recv().is_err(), "the write is not answered yet");
+        let group = unsynced.try_recv().expect("the group waits for its sync");
+        let Ok(Written::Ingested(stored)) = &group.answers[0].1 else {
+            panic!("{:?}", group.answers[0].1);
+        };
+        assert_eq!(news, HashSet::from([stored.conversation_id.unwrap()]));
+        assert!(
+            group.wake.agent.is_empty(),
+            "the syncer has no runs to post"
+        );
     }
 }
