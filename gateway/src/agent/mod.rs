@@ -14,9 +14,11 @@ mod history;
 mod model;
 mod tools;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use jiff::Timestamp;
 use moltbot_protocol::inbox::{AgentDelta, RunState, ServerFrame};
 use thiserror::Error;
@@ -63,6 +65,10 @@ enum RunError {
     Model(#[from] ModelError),
     #[error("{0}")]
     Budget(String),
+    /// A bug, not the model's or the store's doing: running the run again would only repeat
+    /// it, and hold up its conversation, which gets one run at a time.
+    #[error("Pi stopped on an internal error")]
+    Panicked,
 }
 
 /// The model client, and the config it was built for (a reload may change it).
@@ -184,7 +190,8 @@ impl Agent {
         };
         let answered = started.start.answered;
         self.announce_running(&run).await;
-        let outcome = match self.answer(&run, started, day, &config, &mut usage).await {
+        let answering = self.answer(&run, started, day, &config, &mut usage);
+        let outcome = match contain_panic(answering).await {
             Ok(outcome) => outcome,
             Err(RunError::Store(e)) => {
                 // The store is failing; leave the run queued for a later attempt.
@@ -489,6 +496,24 @@ impl Agent {
     }
 }
 
+/// Turns a panic while answering into a failed run, logged with its message.
+async fn contain_panic<T>(
+    answering: impl Future<Output = Result<T, RunError>>,
+) -> Result<T, RunError> {
+    AssertUnwindSafe(answering)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            tracing::error!(panic = message, "an agent run panicked; it fails");
+            Err(RunError::Panicked)
+        })
+}
+
 fn revision(start: &RunStart) -> Revision {
     Revision {
         rev: start.context.history_rev,
@@ -511,4 +536,24 @@ fn same_model(a: &ModelConfig, b: &ModelConfig) -> bool {
         && a.max_retries == b.max_retries
         && a.prompt_price_per_million == b.prompt_price_per_million
         && a.completion_price_per_million == b.completion_price_per_million
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_run_fails_and_other_answers_pass_through() {
+        let panicked = contain_panic::<RunOutcome>(async { panic!("a bug in a run") }).await;
+        assert!(matches!(panicked, Err(RunError::Panicked)), "{panicked:?}");
+        assert_eq!(
+            RunError::Panicked.to_string(),
+            "Pi stopped on an internal error"
+        );
+        let replied = contain_panic(async { Ok(RunOutcome::Reply("hi".into())) }).await;
+        assert!(matches!(replied, Ok(RunOutcome::Reply(text)) if text == "hi"));
+        let budget =
+            contain_panic::<RunOutcome>(async { Err(RunError::Budget("over".into())) }).await;
+        assert!(matches!(budget, Err(RunError::Budget(text)) if text == "over"));
+    }
 }
