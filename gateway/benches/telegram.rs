@@ -23,19 +23,28 @@
 //!   The fakes run in the bench process and share the 2 cores with the gateway; their CPU
 //!   is printed beside the gateway's.
 //!
-//!   Where the time goes: a reply waits for two durable writes in turn (the update with its
-//!   queued run; the run's outcome with the reply and its outbox row, the first send
-//!   attempt recorded with them), each a commit plus a sync of the WAL (the syncer overlaps
-//!   the fsync with the writer's next group), plus the poll cycle and the run's start, read
-//!   on the writer's connection. The send is handed to the sender with the durable write,
-//!   so nothing is read back before `sendMessage`. That is p50 6–9 ms / p99 10–21 ms at
-//!   300/s and p50 9–14 ms / p99 16–41 ms at 600/s, by how busy the host is. At 1,000/s the
+//!   Where the time goes: the poll cycle (a poll moves its offset only once the updates it
+//!   brought are durable); the commit of the update with its queued run, from which the
+//!   run starts without waiting for that commit's sync; the run's start, read on the
+//!   writer's connection; the model call; then the run's outcome with the reply and its
+//!   outbox row (the first send attempt recorded with them), a commit plus a sync of the
+//!   WAL, which also covers the update (the syncer overlaps the fsync with the writer's
+//!   next group). The send is handed to the sender with that durable write, so nothing is
+//!   read back before `sendMessage`. That is p50 6–9 ms / p99 10–21 ms at 300/s and p50
+//!   9–16 ms / p99 16–41 ms at 600/s, by how busy the host is. Starting runs at the commit
+//!   rather than the sync took about 2 ms off p50 and p99 at 600/s (four interleaved
+//!   pairs); at 1,000/s the host's noise hid it (better p50 in 7 of 11 pairs). At 1,000/s the
 //!   gateway needs 1.04–1.2 cores and the fakes 0.28–0.44, so queueing sets the tail, and
 //!   it depends on what else the host runs: the same binary gives p99 26–48 ms in a quiet
 //!   spell and 52–197 ms when every operation costs 10–15% more CPU (the gateway's and the
 //!   fakes' CPU per reply rise together). Most of the gateway's CPU is per commit, per
 //!   wake-up and per request rather than per reply: CPU per reply falls from 2.8–3.2 ms at
-//!   300/s to 1.1 ms at 1,000/s and 0.7–1.0 ms flat out as groups grow. At 1,000/s the
+//!   300/s to 1.1 ms at 1,000/s and 0.7–1.0 ms flat out as groups grow: at 300–600/s the
+//!   syncer and the checkpointer each run about 1,000 times a second (groups of 1–2
+//!   writes), at 1,000/s about 290 times (groups of 8). A reply writes about 10 WAL pages,
+//!   most of them leaves of per-conversation indexes (messages by conversation and by
+//!   provider id, runs, the outbox) and of the dedupe key; 1 or 2 KiB pages instead of
+//!   4 KiB changed nothing. At 1,000/s the
 //!   writer's thread is about 40% busy, each async worker 23%, the checkpointer 18%.
 //!   Checkpointing after every sync stays: spacing checkpoints out by 10 ms saved 5% of
 //!   the CPU here but doubled the ingest bench's p99 (24 → 45–51 ms), and spacing them only
