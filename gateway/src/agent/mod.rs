@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use jiff::Timestamp;
+use moltbot_protocol::ids::RunId;
 use moltbot_protocol::inbox::{AgentDelta, RunState, ServerFrame};
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
@@ -191,7 +192,7 @@ impl Agent {
         let answered = started.start.answered;
         self.announce_running(&run).await;
         let answering = self.answer(&run, started, day, &config, &mut usage);
-        let outcome = match contain_panic(answering).await {
+        let outcome = match contain_panic(run.id, answering).await {
             Ok(outcome) => outcome,
             Err(RunError::Store(e)) => {
                 // The store is failing; leave the run queued for a later attempt.
@@ -498,6 +499,7 @@ impl Agent {
 
 /// Turns a panic while answering into a failed run, logged with its message.
 async fn contain_panic<T>(
+    run_id: RunId,
     answering: impl Future<Output = Result<T, RunError>>,
 ) -> Result<T, RunError> {
     AssertUnwindSafe(answering)
@@ -509,7 +511,7 @@ async fn contain_panic<T>(
                 .copied()
                 .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("(no message)");
-            tracing::error!(panic = message, "an agent run panicked; it fails");
+            tracing::error!(%run_id, panic = message, "an agent run panicked; it fails");
             Err(RunError::Panicked)
         })
 }
@@ -544,16 +546,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_run_fails_and_other_answers_pass_through() {
-        let panicked = contain_panic::<RunOutcome>(async { panic!("a bug in a run") }).await;
+        let run = RunId(ulid::Ulid::new());
+        let panicked = contain_panic::<RunOutcome>(run, async { panic!("a bug in a run") }).await;
         assert!(matches!(panicked, Err(RunError::Panicked)), "{panicked:?}");
         assert_eq!(
             RunError::Panicked.to_string(),
             "Pi stopped on an internal error"
         );
-        let replied = contain_panic(async { Ok(RunOutcome::Reply("hi".into())) }).await;
+        let replied = contain_panic(run, async { Ok(RunOutcome::Reply("hi".into())) }).await;
         assert!(matches!(replied, Ok(RunOutcome::Reply(text)) if text == "hi"));
         let budget =
-            contain_panic::<RunOutcome>(async { Err(RunError::Budget("over".into())) }).await;
+            contain_panic::<RunOutcome>(run, async { Err(RunError::Budget("over".into())) }).await;
         assert!(matches!(budget, Err(RunError::Budget(text)) if text == "over"));
     }
 }
