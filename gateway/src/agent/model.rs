@@ -47,6 +47,14 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Provider messages are cut to this many characters in errors.
 const MAX_ERROR_CHARS: usize = 500;
+/// Bytes an answer may hold per token of its limit. Real tokens average about 4 bytes; a
+/// server that streams past this ignored the limit, and holding on would only grow memory
+/// until the timeout.
+const ANSWER_BYTES_PER_TOKEN: usize = 32;
+/// The bound on an answer's bytes whatever its token limit.
+const MIN_ANSWER_BYTES: usize = 64 << 10;
+/// Most tool calls one answer may make.
+const MAX_TOOL_CALLS: usize = 64;
 /// What replaces the API key where a provider echoed it.
 const REDACTED: &str = "[redacted]";
 
@@ -271,8 +279,9 @@ impl ModelClient {
         let mut retries = 0;
         loop {
             let mut progress = Progress::default();
-            let body = WireRequest::new(&self.model, request, request.max_tokens.min(max_tokens));
-            let attempt = self.attempt(body, on_event, &mut progress);
+            let limit = request.max_tokens.min(max_tokens);
+            let body = WireRequest::new(&self.model, request, limit);
+            let attempt = self.attempt(body, answer_bound(limit), on_event, &mut progress);
             let result = match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(result) => result.and_then(|()| progress.answer()),
                 Err(_elapsed) => Err(ModelError::Timeout),
@@ -325,6 +334,7 @@ impl ModelClient {
     async fn attempt(
         &self,
         body: WireRequest<'_>,
+        max_bytes: usize,
         on_event: &mut (dyn FnMut(StreamEvent<'_>) + Send),
         progress: &mut Progress,
     ) -> Result<(), ModelError> {
@@ -349,16 +359,29 @@ impl ModelClient {
                 // A refusal is what the assistant says, so it is text too.
                 for piece in [delta.content, delta.refusal].into_iter().flatten() {
                     if !piece.is_empty() {
+                        progress.received += piece.len();
                         progress.text.push_str(&piece);
                         on_event(StreamEvent::Text(&piece));
                     }
                 }
                 for call in delta.tool_calls.into_iter().flatten() {
+                    progress.received += call.id.as_ref().map_or(0, String::len)
+                        + call.function.as_ref().map_or(0, |f| {
+                            f.name.as_ref().map_or(0, String::len)
+                                + f.arguments.as_ref().map_or(0, String::len)
+                        });
                     progress.calls.entry(call.index).or_default().absorb(call);
                 }
                 if let Some(reason) = choice.finish_reason {
                     progress.finish = Some(reason);
                 }
+            }
+            if progress.received > max_bytes || progress.calls.len() > MAX_TOOL_CALLS {
+                return Err(ModelError::Invalid(format!(
+                    "the answer went past {} KiB or {MAX_TOOL_CALLS} tool calls: the server \
+                     ignored the token limit",
+                    max_bytes >> 10
+                )));
             }
         }
         Ok(())
@@ -427,6 +450,8 @@ struct Progress {
     opened: bool,
     /// Exactly the text sent to the listener.
     text: String,
+    /// Bytes of text and tool calls so far.
+    received: usize,
     /// Tool calls by their stream index.
     calls: BTreeMap<u32, PartialCall>,
     finish: Option<FinishReason>,
@@ -542,6 +567,14 @@ impl PartialCall {
             self.arguments.push_str(&piece);
         }
     }
+}
+
+/// Most bytes of text and tool calls an answer held to `limit` tokens may stream.
+fn answer_bound(limit: u32) -> usize {
+    usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(ANSWER_BYTES_PER_TOKEN)
+        .max(MIN_ANSWER_BYTES)
 }
 
 /// Estimated prompt tokens of `request`, for servers that report no usage.
@@ -754,6 +787,50 @@ mod tests {
         );
         assert_eq!(fake.request_count(), 1);
         assert_eq!(client.model(), MODEL);
+    }
+
+    /// Tool calls are never cut to the token limit (neither by OpenAI nor by the fake), so a
+    /// long one stands for a server that ignores the limit: past the bound the attempt stops
+    /// as an invalid answer, which is not retried.
+    #[tokio::test]
+    async fn an_answer_past_its_token_limit_fails_without_a_retry() {
+        let fake = fake_with_key().await;
+        let bound = answer_bound(ask("").max_tokens);
+        assert_eq!(bound, MIN_ANSWER_BYTES, "256 tokens are under the floor");
+        // The fact's JSON wrapper, the name and the call id take the rest of the room.
+        for length in [bound - 200, bound + 1] {
+            fake.enqueue(Reply::ToolCalls(vec![ToolCall {
+                name: "remember_fact".into(),
+                arguments: json!({"fact": "x".repeat(length)}),
+            }]));
+        }
+        let client = client_with(&config(&fake));
+        let mut request = ask("remember this");
+        request.tools = vec![remember_tool()];
+
+        let (within, _, _) = complete(&client, &request).await;
+        let call = &within
+            .expect("an answer within the bound passes")
+            .tool_calls[0];
+        assert_eq!(call.arguments.len(), bound - 200 + r#"{"fact":""}"#.len());
+        let (past, _, spent) = complete(&client, &request).await;
+        let Err(ModelError::Invalid(message)) = &past else {
+            panic!("{past:?}");
+        };
+        assert!(message.contains("past 64 KiB"), "{message}");
+        assert!(spent.completion_tokens > 0, "what streamed is paid for");
+        assert_eq!(fake.request_count(), 2, "the second answer was not retried");
+
+        let call = ToolCall {
+            name: "remember_fact".into(),
+            arguments: json!({"fact": "x"}),
+        };
+        fake.enqueue(Reply::ToolCalls(vec![call; MAX_TOOL_CALLS + 1]));
+        let (too_many, _, _) = complete(&client, &request).await;
+        assert!(
+            matches!(&too_many, Err(ModelError::Invalid(m)) if m.contains("64 tool calls")),
+            "{too_many:?}"
+        );
     }
 
     #[tokio::test]
