@@ -126,8 +126,8 @@ pub(crate) enum ChatMessage {
 pub(crate) struct ToolSpec {
     pub name: &'static str,
     pub description: &'static str,
-    /// JSON Schema of the arguments object.
-    pub parameters: serde_json::Value,
+    /// JSON Schema of the arguments object; built once, shared by every request.
+    pub parameters: Arc<serde_json::Value>,
 }
 
 /// A call of a tool by the model.
@@ -710,11 +710,11 @@ mod tests {
         ToolSpec {
             name: "remember_fact",
             description: "Store a fact the person asked you to remember.",
-            parameters: json!({
+            parameters: Arc::new(json!({
                 "type": "object",
                 "properties": {"fact": {"type": "string"}},
                 "required": ["fact"],
-            }),
+            })),
         }
     }
 

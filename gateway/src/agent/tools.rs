@@ -2,6 +2,8 @@
 //! offered only the tenant's allowlisted ones, and every call — allowed, failed or refused —
 //! is audited with its arguments and result.
 
+use std::sync::{Arc, LazyLock};
+
 use jiff::{SignedDuration, Timestamp};
 use moltbot_protocol::ids::{ConversationId, RunId};
 use serde::Deserialize;
@@ -71,7 +73,7 @@ impl Done {
 
 impl Toolbox<'_> {
     pub(super) fn specs(&self) -> Vec<ToolSpec> {
-        self.allowed.iter().map(|tool| spec(*tool)).collect()
+        specs_of(self.allowed)
     }
 
     /// Runs one call and audits it; answers what the model reads back. Only a failing
@@ -249,6 +251,17 @@ fn follow_up(arguments: &str, now: Timestamp) -> Done {
     }
 }
 
+/// The specs of `allowed`, in its order; each schema is built once per process.
+fn specs_of(allowed: &[ToolName]) -> Vec<ToolSpec> {
+    static SPECS: LazyLock<Vec<ToolSpec>> =
+        LazyLock::new(|| ToolName::ALL.into_iter().map(spec).collect());
+    allowed
+        .iter()
+        .filter_map(|tool| SPECS.iter().find(|spec| spec.name == tool.as_str()))
+        .cloned()
+        .collect()
+}
+
 fn spec(tool: ToolName) -> ToolSpec {
     let (description, parameters) = match tool {
         ToolName::SearchMessages => (
@@ -290,13 +303,26 @@ fn spec(tool: ToolName) -> ToolSpec {
     ToolSpec {
         name: tool.as_str(),
         description,
-        parameters,
+        parameters: Arc::new(parameters),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_follow_the_allowlist_and_share_their_schemas() {
+        let allowed = [ToolName::SetFollowUp, ToolName::SearchMessages];
+        let specs = specs_of(&allowed);
+        let names: Vec<_> = specs.iter().map(|spec| spec.name).collect();
+        assert_eq!(names, ["set_follow_up", "search_messages"]);
+        assert_eq!(specs[1].parameters["required"], json!(["query"]));
+        let again = specs_of(&ToolName::ALL);
+        assert_eq!(again.len(), ToolName::ALL.len());
+        assert!(Arc::ptr_eq(&specs[1].parameters, &again[0].parameters));
+        assert!(specs_of(&[]).is_empty());
+    }
 
     #[test]
     fn follow_up_needs_one_time_within_bounds() {

@@ -202,6 +202,8 @@ impl Serialize for CleanName<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use async_openai::types::chat::{
         ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
         ChatCompletionRequestAssistantMessage, ChatCompletionRequestAssistantMessageContent,
@@ -272,7 +274,7 @@ mod tests {
                     function: FunctionObject {
                         name: tool.name.to_owned(),
                         description: Some(tool.description.to_owned()),
-                        parameters: Some(tool.parameters.clone()),
+                        parameters: Some((*tool.parameters).clone()),
                         strict: None,
                     },
                 })
@@ -362,7 +364,9 @@ mod tests {
             tools: vec![ToolSpec {
                 name: "remember_fact",
                 description: "Store a fact.",
-                parameters: json!({"type": "object", "properties": {"fact": {"type": "string"}}}),
+                parameters: Arc::new(
+                    json!({"type": "object", "properties": {"fact": {"type": "string"}}}),
+                ),
             }],
             max_tokens: 100,
         };
