@@ -30,7 +30,7 @@
 //!   outbox row (the first send attempt recorded with them), a commit plus a sync of the
 //!   WAL, which also covers the update (the syncer overlaps the fsync with the writer's
 //!   next group). The send is handed to the sender with that durable write, so nothing is
-//!   read back before `sendMessage`. That is p50 6–9 ms / p99 10–21 ms at 300/s and p50
+//!   read back before `sendMessage`. That is p50 6–9 ms / p99 10–23 ms at 300/s and p50
 //!   9–16 ms / p99 16–41 ms at 600/s, by how busy the host is. Starting runs at the commit
 //!   rather than the sync took about 2 ms off p50 and p99 at 600/s (four interleaved
 //!   pairs); at 1,000/s the host's noise hid it (better p50 in 7 of 11 pairs). At 1,000/s the
