@@ -30,11 +30,12 @@
 //!   outbox row (the first send attempt recorded with them), a commit plus a sync of the
 //!   WAL, which also covers the update (the syncer overlaps the fsync with the writer's
 //!   next group). The send is handed to the sender with that durable write, so nothing is
-//!   read back before `sendMessage`. That is p50 6–9 ms / p99 10–23 ms at 300/s and p50
-//!   9–16 ms / p99 16–41 ms at 600/s, by how busy the host is. Starting runs at the commit
-//!   rather than the sync took about 2 ms off p50 and p99 at 600/s (four interleaved
-//!   pairs); at 1,000/s the host's noise hid it (better p50 in 7 of 11 pairs). At 1,000/s the
-//!   gateway needs 1.04–1.2 cores and the fakes 0.28–0.44, so queueing sets the tail, and
+//!   read back before `sendMessage`. That is p50 6–9 ms / p99 10–23 ms (once 64 ms, in a
+//!   host stall) at 300/s and p50 9–16 ms / p99 16–41 ms at 600/s, by how busy the host
+//!   is. Starting runs at the commit rather than the sync (while nobody watches the inbox
+//!   live) took about 2 ms off p50 and p99 at 600/s (four interleaved pairs); at 1,000/s
+//!   the host's noise hid it (better p50 in 7 of 11 pairs). At 1,000/s the gateway needs
+//!   1.04–1.2 cores and the fakes 0.28–0.44, so queueing sets the tail, and
 //!   it depends on what else the host runs: the same binary gives p99 26–48 ms in a quiet
 //!   spell and 52–197 ms when every operation costs 10–15% more CPU (the gateway's and the
 //!   fakes' CPU per reply rise together). Most of the gateway's CPU is per commit, per

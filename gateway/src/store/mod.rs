@@ -250,10 +250,12 @@ impl Store {
             wal_grew,
             metrics: metrics.clone(),
             outbox_ready: outbox_ready.clone(),
+            runs_ready: runs_ready.clone(),
             handed: handed.clone(),
         };
         let writer = write::Writer {
             runs_ready: runs_ready.clone(),
+            bus: bus.clone(),
             committed,
             sync_failed: sync_failed.clone(),
             handed: handed.clone(),

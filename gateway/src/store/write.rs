@@ -25,6 +25,7 @@ use super::sync::{self, Committed};
 use super::{
     IngestOutcome, Job, StoreError, Write, Written, agent, amend, channels, inbox, ms, outbox,
 };
+use crate::bus::Bus;
 use crate::metrics::Metrics;
 use crate::tasks::News;
 
@@ -46,9 +47,10 @@ pub(super) struct Writer {
     /// Sends handed to the sender, claimed here before their commit.
     pub(super) handed: Arc<outbox::Handed>,
     pub(super) metrics: Arc<Metrics>,
-    /// Told of queued runs at their commit, without waiting for the sync (see
-    /// [`super::sync`]).
+    /// Told of queued runs at their commit, without waiting for the sync, while nobody
+    /// watches the inbox live (see [`super::sync`]).
     pub(super) runs_ready: Arc<News>,
+    pub(super) bus: Bus,
     /// Whether and how a new message queues an agent run; the config may change it at reload.
     pub(super) policy: watch::Receiver<agent::RunPolicy>,
     pub(super) max_batch: usize,
@@ -103,9 +105,8 @@ impl Writer {
         self.metrics.store_commit(size, started.elapsed());
         match committed {
             Ok(mut group) => {
-                let runs = std::mem::take(&mut group.wake.agent);
-                if !runs.is_empty() {
-                    self.runs_ready.post(runs);
+                if !group.wake.agent.is_empty() && !self.bus.has_subscribers() {
+                    self.runs_ready.post(std::mem::take(&mut group.wake.agent));
                 }
                 let committed = Committed {
                     answers: batch
@@ -241,7 +242,7 @@ struct Group {
 pub(super) struct Wake {
     /// Conversations with outbound messages queued.
     pub(super) outbox: Vec<ConversationId>,
-    /// Conversations with agent runs queued; posted at the commit, not by the syncer.
+    /// Conversations with agent runs queued; posted at the commit unless someone watches.
     pub(super) agent: Vec<ConversationId>,
     /// Sends handed to the sender whole (see [`outbox::Handed`]).
     pub(super) handed: Vec<outbox::OutboxItem>,
@@ -375,9 +376,11 @@ mod tests {
 
     /// The agent hears of a queued run when its group commits: the write's answer still
     /// waits for the sync, and so does the poll that delivered the message, but the run
-    /// does not (the sync of its outcome covers the message).
+    /// does not (the sync of its outcome covers the message). While someone watches the
+    /// inbox live, the syncer tells it instead, so that the run's frames follow the
+    /// message's.
     #[tokio::test]
-    async fn a_queued_run_is_news_at_its_commit_before_its_sync() {
+    async fn a_queued_run_is_news_at_its_commit_unless_someone_watches() {
         let dir = tempfile::tempdir().unwrap();
         let policy = watch::channel(agent::RunPolicy {
             enabled: true,
@@ -386,11 +389,12 @@ mod tests {
         })
         .1;
         let metrics = Arc::new(Metrics::new());
+        let bus = Bus::new(4);
         // A store to create and migrate the database; its writer stands down for ours.
         let (_, handle) = Store::open(
             dir.path(),
             &StoreConfig::default(),
-            crate::bus::Bus::new(4),
+            bus.clone(),
             metrics.clone(),
             policy.clone(),
         )
@@ -409,40 +413,53 @@ mod tests {
             handed: Arc::default(),
             metrics,
             runs_ready: runs_ready.clone(),
+            bus: bus.clone(),
             policy,
             max_batch: 8,
             ids: Generator::new(),
         };
-        let event = serde_json::from_value(json!({
-            "schema_version": 1, "id": ulid::Ulid::new().to_string(),
-            "occurred_at": "2026-12-03T10:00:00Z",
-            "source": {"channel": "webchat", "connection": "webchat"},
-            "type": "message.received",
-            "data": {"conversation": {"provider_id": "chat"}, "provider_message_id": "1",
-                     "sender": {"provider_id": "ann"}, "text": "hello",
-                     "sent_at": "2026-12-03T10:00:00Z"},
-        }))
-        .unwrap();
-        let (reply, mut answer) = oneshot::channel();
-        let write = Write::Inbox(inbox::InboxWrite::Ingest {
-            event: Box::new(event),
-            receipt: None,
-        });
-        writer.commit_group(&mut vec![Job { write, reply }]);
+        let mut ingest = |chat: &str| {
+            let event = serde_json::from_value(json!({
+                "schema_version": 1, "id": ulid::Ulid::new().to_string(),
+                "occurred_at": "2026-12-03T10:00:00Z",
+                "source": {"channel": "webchat", "connection": "webchat"},
+                "type": "message.received",
+                "data": {"conversation": {"provider_id": chat}, "provider_message_id": "1",
+                         "sender": {"provider_id": "ann"}, "text": "hello",
+                         "sent_at": "2026-12-03T10:00:00Z"},
+            }))
+            .unwrap();
+            let (reply, answer) = oneshot::channel();
+            let write = Write::Inbox(inbox::InboxWrite::Ingest {
+                event: Box::new(event),
+                receipt: None,
+            });
+            writer.commit_group(&mut vec![Job { write, reply }]);
+            let group = unsynced.try_recv().expect("the group waits for its sync");
+            let Ok(Written::Ingested(stored)) = &group.answers[0].1 else {
+                panic!("{:?}", group.answers[0].1);
+            };
+            (stored.conversation_id.unwrap(), group, answer)
+        };
 
+        let (conversation, group, mut answer) = ingest("ann");
         let news = runs_ready
             .take()
             .now_or_never()
             .expect("news at the commit");
         assert!(answer.try_recv().is_err(), "the write is not answered yet");
-        let group = unsynced.try_recv().expect("the group waits for its sync");
-        let Ok(Written::Ingested(stored)) = &group.answers[0].1 else {
-            panic!("{:?}", group.answers[0].1);
-        };
-        assert_eq!(news, HashSet::from([stored.conversation_id.unwrap()]));
+        assert_eq!(news, HashSet::from([conversation]));
         assert!(
             group.wake.agent.is_empty(),
             "the syncer has no runs to post"
         );
+
+        let _watching = bus.subscribe();
+        let (conversation, group, _) = ingest("bob");
+        assert!(
+            runs_ready.take().now_or_never().is_none(),
+            "a watched run waits for its message's frames"
+        );
+        assert_eq!(group.wake.agent, [conversation], "the syncer posts it");
     }
 }
