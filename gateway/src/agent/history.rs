@@ -11,7 +11,7 @@
 //! the copy is older than [`MAX_AGE`] (which bounds what no revision tracks, such as a
 //! sender's new display name).
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hashlink::LinkedHashMap;
@@ -102,7 +102,7 @@ impl HistoryCache {
     /// Takes a conversation's copy out: a run owns it until it puts one back, so a run that
     /// ends early leaves nothing stale behind.
     pub fn take(&self, conversation: ConversationId) -> Option<CachedHistory> {
-        let mut entries = self.inner.lock().expect("history cache lock");
+        let mut entries = self.entries();
         let (history, bytes) = entries.by_conversation.remove(&conversation)?;
         entries.bytes -= bytes;
         Some(history)
@@ -135,7 +135,7 @@ impl HistoryCache {
             loaded_at,
             messages,
         };
-        let mut entries = self.inner.lock().expect("history cache lock");
+        let mut entries = self.entries();
         if let Some((_, old)) = entries
             .by_conversation
             .insert(conversation, (history, bytes))
@@ -149,6 +149,17 @@ impl HistoryCache {
             };
             entries.bytes -= evicted;
         }
+    }
+
+    /// The entries; emptied if a run panicked while changing them (runs fail alone, see
+    /// `contain_panic`), since a cache can always start over.
+    fn entries(&self) -> MutexGuard<'_, Entries> {
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            let mut entries = poisoned.into_inner();
+            *entries = Entries::default();
+            self.inner.clear_poison();
+            entries
+        })
     }
 
     #[cfg(test)]
@@ -205,6 +216,25 @@ mod tests {
             cache.take(conversation).is_none(),
             "a run owns the copy it took"
         );
+    }
+
+    #[test]
+    fn a_run_that_panicked_holding_the_cache_leaves_it_empty_and_usable() {
+        let cache = HistoryCache::new(1 << 20);
+        let (kept, later) = (
+            ConversationId(ulid::Ulid::new()),
+            ConversationId(ulid::Ulid::new()),
+        );
+        cached(&cache, kept, vec![row(1, "hi")]);
+        let panicked = std::panic::catch_unwind(|| {
+            let _entries = cache.inner.lock().unwrap();
+            panic!("a bug in a run");
+        });
+        assert!(panicked.is_err() && cache.inner.is_poisoned());
+        assert!(cache.take(kept).is_none(), "the copies are gone");
+        assert_eq!(cache.bytes(), 0);
+        cached(&cache, later, vec![row(1, "hi")]);
+        assert!(cache.take(later).is_some(), "and it caches again");
     }
 
     #[test]

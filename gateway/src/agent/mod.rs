@@ -15,7 +15,7 @@ mod model;
 mod tools;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -164,15 +164,18 @@ impl Agent {
         let _ = follow_ups.await;
     }
 
+    /// The cached client when it was built for `config`, else a new one. Built outside the
+    /// lock, which only ever holds a whole value: a run that panicked while holding it (runs
+    /// fail alone, see [`contain_panic`]) leaves nothing to distrust.
     fn model(&self, config: &ModelConfig) -> Result<Arc<ModelClient>, ModelError> {
-        let mut cached = self.model.lock().expect("model lock");
-        if let Some((built_for, client)) = cached.as_ref()
+        let cached = || self.model.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((built_for, client)) = cached().as_ref()
             && same_model(built_for, config)
         {
             return Ok(client.clone());
         }
         let client = Arc::new(ModelClient::new(config)?);
-        *cached = Some((config.clone(), client.clone()));
+        *cached() = Some((config.clone(), client.clone()));
         Ok(client)
     }
 

@@ -376,11 +376,15 @@ impl ModelClient {
                     progress.finish = Some(reason);
                 }
             }
-            if progress.received > max_bytes || progress.calls.len() > MAX_TOOL_CALLS {
+            if progress.received > max_bytes {
                 return Err(ModelError::Invalid(format!(
-                    "the answer went past {} KiB or {MAX_TOOL_CALLS} tool calls: the server \
-                     ignored the token limit",
+                    "the answer went past {} KiB: the server ignored the token limit",
                     max_bytes >> 10
+                )));
+            }
+            if progress.calls.len() > MAX_TOOL_CALLS {
+                return Err(ModelError::Invalid(format!(
+                    "the answer made more than {MAX_TOOL_CALLS} tool calls"
                 )));
             }
         }
@@ -797,8 +801,9 @@ mod tests {
         let fake = fake_with_key().await;
         let bound = answer_bound(ask("").max_tokens);
         assert_eq!(bound, MIN_ANSWER_BYTES, "256 tokens are under the floor");
-        // The fact's JSON wrapper, the name and the call id take the rest of the room.
-        for length in [bound - 200, bound + 1] {
+        // The call's id (`call_` and 24 characters), its name and the fact's JSON wrapper
+        // take 53 bytes: the first answer fills the bound exactly, the second passes it by one.
+        for length in [bound - 53, bound - 52] {
             fake.enqueue(Reply::ToolCalls(vec![ToolCall {
                 name: "remember_fact".into(),
                 arguments: json!({"fact": "x".repeat(length)}),
@@ -809,10 +814,11 @@ mod tests {
         request.tools = vec![remember_tool()];
 
         let (within, _, _) = complete(&client, &request).await;
-        let call = &within
-            .expect("an answer within the bound passes")
-            .tool_calls[0];
-        assert_eq!(call.arguments.len(), bound - 200 + r#"{"fact":""}"#.len());
+        let call = &within.expect("an answer at the bound passes").tool_calls[0];
+        assert_eq!(
+            call.id.len() + call.name.len() + call.arguments.len(),
+            bound
+        );
         let (past, _, spent) = complete(&client, &request).await;
         let Err(ModelError::Invalid(message)) = &past else {
             panic!("{past:?}");
@@ -825,10 +831,16 @@ mod tests {
             name: "remember_fact".into(),
             arguments: json!({"fact": "x"}),
         };
+        fake.enqueue(Reply::ToolCalls(vec![call.clone(); MAX_TOOL_CALLS]));
         fake.enqueue(Reply::ToolCalls(vec![call; MAX_TOOL_CALLS + 1]));
+        let (most, _, _) = complete(&client, &request).await;
+        assert_eq!(
+            most.expect("64 calls pass").tool_calls.len(),
+            MAX_TOOL_CALLS
+        );
         let (too_many, _, _) = complete(&client, &request).await;
         assert!(
-            matches!(&too_many, Err(ModelError::Invalid(m)) if m.contains("64 tool calls")),
+            matches!(&too_many, Err(ModelError::Invalid(m)) if m.contains("more than 64 tool calls")),
             "{too_many:?}"
         );
     }
