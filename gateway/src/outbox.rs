@@ -551,7 +551,7 @@ mod tests {
     use super::*;
 
     use async_trait::async_trait;
-    use moltbot_protocol::{Channel, Event};
+    use moltbot_protocol::Channel;
     use tokio::sync::{Semaphore, watch};
 
     use crate::bus::Bus;
@@ -590,19 +590,6 @@ mod tests {
             self.sent.lock().unwrap().push(sent);
             Ok(None)
         }
-    }
-
-    fn said(chat: &str) -> Event {
-        serde_json::from_value(serde_json::json!({
-            "schema_version": 1, "id": ulid::Ulid::new().to_string(),
-            "occurred_at": "2026-11-21T10:00:00Z",
-            "source": {"channel": "webchat", "connection": "webchat"},
-            "type": "message.received",
-            "data": {"conversation": {"provider_id": chat}, "provider_message_id": "1",
-                     "sender": {"provider_id": "ann"}, "text": "hello",
-                     "sent_at": "2026-11-21T10:00:00Z"},
-        }))
-        .unwrap()
     }
 
     /// A store, a gated web-chat connector and a running sender, with every delivery slot
@@ -662,7 +649,11 @@ mod tests {
         }
 
         async fn conversation(&self, chat: &str) -> ConversationId {
-            let stored = self.store.ingest(said(chat)).await.unwrap();
+            let stored = self
+                .store
+                .ingest(crate::store::test_message(chat))
+                .await
+                .unwrap();
             stored.conversation_id.unwrap()
         }
 

@@ -534,6 +534,21 @@ pub async fn close(reads: SqlitePool, data_dir: &Path) -> Result<(), StoreError>
     Ok(())
 }
 
+/// A web-chat message saying "hello" from `ann` in the chat `chat`, for tests.
+#[cfg(test)]
+pub(crate) fn test_message(chat: &str) -> Event {
+    serde_json::from_value(serde_json::json!({
+        "schema_version": 1, "id": ulid::Ulid::new().to_string(),
+        "occurred_at": "2026-11-21T10:00:00Z",
+        "source": {"channel": "webchat", "connection": "webchat"},
+        "type": "message.received",
+        "data": {"conversation": {"provider_id": chat}, "provider_message_id": "1",
+                 "sender": {"provider_id": "ann"}, "text": "hello",
+                 "sent_at": "2026-11-21T10:00:00Z"},
+    }))
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

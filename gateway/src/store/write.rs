@@ -367,12 +367,11 @@ mod tests {
 
     use futures_util::FutureExt;
     use moltbot_protocol::inbox::AgentMode;
-    use serde_json::json;
     use tokio::sync::oneshot;
 
     use super::*;
     use crate::config::StoreConfig;
-    use crate::store::{DB_FILE, Store, inbox, open_writer};
+    use crate::store::{DB_FILE, Store, inbox, open_writer, test_message};
 
     /// The agent hears of a queued run when its group commits: the write's answer still
     /// waits for the sync, and so does the poll that delivered the message, but the run
@@ -419,19 +418,9 @@ mod tests {
             ids: Generator::new(),
         };
         let mut ingest = |chat: &str| {
-            let event = serde_json::from_value(json!({
-                "schema_version": 1, "id": ulid::Ulid::new().to_string(),
-                "occurred_at": "2026-12-03T10:00:00Z",
-                "source": {"channel": "webchat", "connection": "webchat"},
-                "type": "message.received",
-                "data": {"conversation": {"provider_id": chat}, "provider_message_id": "1",
-                         "sender": {"provider_id": "ann"}, "text": "hello",
-                         "sent_at": "2026-12-03T10:00:00Z"},
-            }))
-            .unwrap();
             let (reply, answer) = oneshot::channel();
             let write = Write::Inbox(inbox::InboxWrite::Ingest {
-                event: Box::new(event),
+                event: Box::new(test_message(chat)),
                 receipt: None,
             });
             writer.commit_group(&mut vec![Job { write, reply }]);
