@@ -35,19 +35,17 @@
 //!   is. Starting runs at the commit rather than the sync (while nobody watches the inbox
 //!   live) took about 2 ms off p50 and p99 at 600/s (four interleaved pairs); at 1,000/s
 //!   the host's noise hid it (better p50 in 7 of 11 pairs). At 1,000/s the gateway needs
-//!   1.04–1.2 cores and the fakes 0.28–0.44, so queueing sets the tail, and
-//!   it depends on what else the host runs: the same binary gives p99 26–48 ms in a quiet
-//!   spell and 52–197 ms when every operation costs 10–15% more CPU (the gateway's and the
-//!   fakes' CPU per reply rise together). Most of the gateway's CPU is per commit, per
+//!   1.04–1.2 cores and the fakes 0.28–0.44, so queueing sets the tail, and it depends on
+//!   what else the host runs: the same binary gives p99 26–48 ms in a quiet spell and
+//!   52–197 ms when every operation costs 10–15% more CPU (the gateway's and the fakes'
+//!   CPU per reply rise together). Most of the gateway's CPU is per commit, per
 //!   wake-up and per request rather than per reply: CPU per reply falls from 2.8–3.2 ms at
 //!   300/s to 1.1 ms at 1,000/s and 0.7–1.0 ms flat out as groups grow: at 300–600/s the
 //!   syncer and the checkpointer each run about 1,000 times a second (groups of 1–2
 //!   writes), at 1,000/s about 290 times (groups of 8). A reply writes about 10 WAL pages,
 //!   most of them leaves of per-conversation indexes (messages by conversation and by
 //!   provider id, runs, the outbox) and of the dedupe key; 1 or 2 KiB pages instead of
-//!   4 KiB changed nothing. At 1,000/s the
-//!   writer's thread is about 40% busy, each async worker 23%, the checkpointer 18%.
-//!   In a profile at 1,000/s the writer's thread is 36% of the gateway's CPU (a third of it
+//!   4 KiB changed nothing. In a profile at 1,000/s the writer's thread is 36% of the gateway's CPU (a third of it
 //!   `COMMIT`, mostly the WAL's `pwrite`s), the agent's runs 20% (serialising the model
 //!   request, the conversation's last 200 messages, alone 7%), the checkpointer 16%, the
 //!   runtime's scheduling 7%, HTTP connections 6%, the sender 4.5%, the syncer 4%.

@@ -11,7 +11,8 @@ use tokio::sync::Notify;
 use tokio::task::{Id, JoinError, JoinSet};
 
 /// News of work: the conversations that writes gave work to, posted by the store (outbound
-/// messages once durable, agent runs at their commit) and taken by a worker.
+/// messages once durable; agent runs at their commit, or once durable while someone
+/// watches the inbox live) and taken by a worker.
 #[derive(Default)]
 pub(crate) struct News {
     conversations: Mutex<HashSet<ConversationId>>,
