@@ -768,6 +768,104 @@ mod tests {
         writer.finish().await;
     }
 
+    /// No CHECK constraint makes SQLite build a temporary b-tree per insert (a constant `IN`
+    /// list of more than two values does; migration 0007 rewrote those in place), the
+    /// rewritten checks still refuse what they refused, and rows from before stay whole.
+    #[tokio::test]
+    async fn checks_build_no_temporary_tables_and_still_refuse_unknown_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut before = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(false)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations")
+            .run_to(6, &mut before)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO agent_runs (id, conversation_id, trigger_message_id, mode, state, created_at)
+             VALUES ('before', 'c', 'm', 'draft', 'succeeded', 0)",
+        )
+        .execute(&mut before)
+        .await
+        .unwrap();
+        before.close().await.unwrap();
+        let (_, writer) = open(dir.path()).await;
+        writer.finish().await;
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let kept: String = conn
+            .query_row("SELECT state FROM agent_runs WHERE id = 'before'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "succeeded");
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(integrity, "ok");
+        let tables: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'
+                 AND name NOT LIKE 'sqlite%' AND sql NOT LIKE 'CREATE VIRTUAL%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tables.len() > 10, "{tables:?}");
+        for table in &tables {
+            // EXPLAIN compiles every check of an insert without running it.
+            let mut explain = conn
+                .prepare(&format!("EXPLAIN INSERT INTO \"{table}\" DEFAULT VALUES"))
+                .unwrap();
+            let opcodes: Vec<String> = explain
+                .query_map([], |r| r.get(1))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                !opcodes.iter().any(|op| op == "OpenEphemeral"),
+                "an insert into {table} builds a temporary table"
+            );
+        }
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        let run = |state: &str| {
+            conn.execute(
+                "INSERT INTO agent_runs (id, conversation_id, trigger_message_id, mode, state, created_at)
+                 VALUES (?, 'c', 'm', 'draft', ?, 0)",
+                [state, state],
+            )
+        };
+        for state in [
+            "queued",
+            "awaiting_approval",
+            "succeeded",
+            "failed",
+            "rejected",
+            "budget_exhausted",
+        ] {
+            run(state).unwrap();
+        }
+        let refused = run("running").unwrap_err().to_string();
+        assert!(refused.contains("CHECK constraint failed"), "{refused}");
+        let outbox = |kind: &str, state: &str| {
+            conn.execute(
+                "INSERT INTO outbox (id, message_id, kind, conversation_id, connection, state,
+                                     next_attempt_at, created_at, updated_at)
+                 VALUES (?1 || ?2, 'm', ?1, 'c', 'tg', ?2, 0, 0, 0)",
+                [kind, state],
+            )
+        };
+        outbox("unreact", "sending").unwrap();
+        assert!(outbox("forward", "queued").is_err());
+        assert!(outbox("send", "lost").is_err());
+    }
+
     #[tokio::test]
     async fn read_connections_keep_their_query_plans() {
         let dir = tempfile::tempdir().unwrap();
