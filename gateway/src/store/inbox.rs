@@ -317,6 +317,7 @@ fn insert_received(
             cx.now,
         ],
     )?;
+    bump_conversation(cx, &conversation_id, message.text.as_deref(), true)?;
     for (position, attachment) in message.attachments.iter().enumerate() {
         cx.execute(
             "INSERT INTO attachments (message_id, position, kind, mime_type, size_bytes, file_name, provider_file_id)
@@ -343,6 +344,29 @@ fn insert_received(
         message.mentions_self,
     )?;
     Ok((message_id, conversation_id))
+}
+
+/// A new message moves its conversation up the list and, if inbound, counts as unread.
+/// Written out after each message insert rather than as a trigger (as it was until
+/// migration 0008): a trigger makes SQLite keep a statement journal for every message
+/// insert, a copy of each page before the insert changes it, in case the trigger fails.
+fn bump_conversation(
+    cx: &Ctx<'_>,
+    conversation_id: &ConversationId,
+    text: Option<&str>,
+    inbound: bool,
+) -> Result<(), StoreError> {
+    cx.execute(
+        "UPDATE conversations SET
+             last_message_at = ?1,
+             last_activity_at = ?1,
+             last_message_preview = substr(?2, 1, 140),
+             unread_count = unread_count + ?3,
+             updated_at = ?1
+         WHERE id = ?4",
+        params![cx.now, text, inbound, conversation_id.to_string()],
+    )?;
+    Ok(())
 }
 
 /// Finds the conversation by its provider id, creating it or refreshing its title; answers
@@ -508,6 +532,7 @@ pub(super) fn insert_outbound(
             cx.now,
         ],
     )?;
+    bump_conversation(cx, &new.conversation_id, Some(new.text), false)?;
     outbox::queue_send(
         cx,
         outbox::NewSend {

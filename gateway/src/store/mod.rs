@@ -768,6 +768,33 @@ mod tests {
         writer.finish().await;
     }
 
+    /// Every new message, either way, moves its conversation up and becomes its preview;
+    /// only inbound ones count as unread.
+    #[tokio::test]
+    async fn a_new_message_either_way_bumps_its_conversation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = conversation(&store, "1").await;
+        let received = store.conversation(conversation).await.unwrap();
+        assert_eq!(received.unread_count, 1);
+        assert_eq!(received.last_message_preview.as_deref(), Some("hello"));
+        let reply = "é".repeat(200);
+        store
+            .send(outbound(conversation, "t1", &reply))
+            .await
+            .unwrap();
+        let answered = store.conversation(conversation).await.unwrap();
+        assert_eq!(answered.unread_count, 1, "a reply is not unread");
+        assert_eq!(
+            answered.last_message_preview,
+            Some("é".repeat(140)),
+            "the first 140 characters"
+        );
+        assert!(answered.last_message_at >= received.last_message_at);
+        assert!(answered.updated_at >= received.updated_at);
+        writer.finish().await;
+    }
+
     /// No CHECK constraint makes SQLite build a temporary b-tree per insert (a constant `IN`
     /// list of more than two values does; migration 0007 rewrote those in place), the
     /// rewritten checks still refuse what they refused, and rows from before stay whole.
