@@ -95,6 +95,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
+    #[error("cannot start a store thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// What an ingest did.
@@ -173,7 +175,8 @@ pub struct WriterHandle {
     writer: JoinHandle<()>,
     syncer: JoinHandle<()>,
     publisher: JoinHandle<()>,
-    checkpointer: JoinHandle<()>,
+    /// On a thread of its own, whose priority it lowers.
+    checkpointer: std::thread::JoinHandle<()>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -189,12 +192,17 @@ impl WriterHandle {
             ("writer", self.writer),
             ("syncer", self.syncer),
             ("publisher", self.publisher),
-            ("checkpointer", self.checkpointer),
         ];
         for (name, task) in tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "store {name} failed");
             }
+        }
+        // It ends once the writer has; joining it must not block the runtime meanwhile.
+        let checkpointer = self.checkpointer;
+        match tokio::task::spawn_blocking(move || checkpointer.join()).await {
+            Ok(Ok(())) => {}
+            _ => tracing::error!("store checkpointer failed"),
         }
     }
 }
@@ -220,9 +228,9 @@ impl Store {
             .busy_timeout(Duration::from_secs(5))
             .pragma("temp_store", "memory")
             .log_statements(tracing::log::LevelFilter::Trace);
-        // This connection migrates, then checkpoints beside the writer.
-        let mut checkpoints = base.clone().create_if_missing(true).connect().await?;
-        sqlx::migrate!("./migrations").run(&mut checkpoints).await?;
+        let mut migrating = base.clone().create_if_missing(true).connect().await?;
+        sqlx::migrate!("./migrations").run(&mut migrating).await?;
+        migrating.close().await?;
         let reads = SqlitePoolOptions::new()
             .after_connect(|conn, _| Box::pin(stable_plans(conn)))
             .max_connections(config.read_connections)
@@ -230,6 +238,7 @@ impl Store {
             .connect_with(base.read_only(true))
             .await?;
         let conn = open_writer(&path)?;
+        let checkpoints = checkpoint::open(&path)?;
 
         let (commands, queue) = mpsc::channel(config.max_batch * 4);
         // A few groups of slack; beyond that the writer waits for the publisher.
@@ -269,7 +278,10 @@ impl Store {
         let writer = tokio::task::spawn_blocking(move || writer.run(queue));
         let syncer = tokio::task::spawn_blocking(move || syncer.run(durable));
         let publisher = tokio::spawn(publish::run(reads.clone(), bus, to_publish));
-        let checkpointer = tokio::spawn(checkpoint::run(checkpoints, committed_pages));
+        let checkpointer = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || checkpoint::run(checkpoints, committed_pages))
+            .map_err(StoreError::Thread)?;
         Ok((
             Store {
                 reads,
@@ -825,9 +837,11 @@ mod tests {
         writer.finish().await;
         let conn = rusqlite::Connection::open(&path).unwrap();
         let kept: String = conn
-            .query_row("SELECT state FROM agent_runs WHERE id = 'before'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT state FROM agent_runs WHERE id = 'before'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(kept, "succeeded");
         let integrity: String = conn
