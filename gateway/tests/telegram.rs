@@ -716,6 +716,51 @@ async fn sigterm_mid_burst_then_restart_answers_everyone_once() {
     burst_survives(libc::SIGTERM).await;
 }
 
+/// A run during which the gateway keeps stopping (SIGKILL here, while the model thinks) is
+/// started again after each restart, three times, and then fails visibly instead of taking
+/// the gateway down forever; the conversation's next message is answered as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_the_gateway_keeps_stopping_during_fails_after_three_restarts() {
+    let setup = Setup::new(Duration::from_secs(30)).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let chat = ChatSpec::private(42);
+    setup
+        .telegram
+        .user_sends(BOT, &chat, &ann(), "what time is it");
+    let mut gateway = start(&config).await;
+    // The start that queued it, then three restarts.
+    for calls in 1..=4 {
+        eventually("the run at the model", &gateway, async || {
+            (setup.model.request_count() >= calls).then_some(())
+        })
+        .await;
+        gateway.signal(libc::SIGKILL);
+        gateway.wait(Duration::from_secs(15));
+        gateway = start(&config).await;
+    }
+    let run = eventually("the run failed", &gateway, async || {
+        let runs = get(&gateway, "/v1/agent/runs").await;
+        let run = runs["items"].as_array()?.first()?.clone();
+        (run["state"] == "failed").then_some(run)
+    })
+    .await;
+    assert_eq!(
+        run["error"],
+        "Pi gave up: the gateway stopped 3 times in a row while answering this"
+    );
+    assert_eq!(setup.model.request_count(), 4, "not started a fifth time");
+
+    setup.model.set_delay(Duration::ZERO);
+    setup.model.enqueue(Reply::Text("It is noon.".into()));
+    setup.telegram.user_sends(BOT, &chat, &ann(), "hello?");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(sent[0].text, "It is noon.");
+}
+
 async fn request(
     gateway: &Gateway,
     method: reqwest::Method,

@@ -8,19 +8,22 @@
 //! model with the tenant's allowed tools, streams the text to inbox subscribers, and writes
 //! its outcome together with its reply. Stopping the gateway abandons runs in flight
 //! without an outcome, so they run again at the next start: nobody gets a "please retry".
+//! A run that three restarts in a row did not finish fails instead, in case it is what
+//! takes the gateway down.
 
 mod context;
 mod history;
 mod model;
 mod tools;
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use jiff::Timestamp;
-use moltbot_protocol::ids::RunId;
+use moltbot_protocol::ids::{MessageId, RunId};
 use moltbot_protocol::inbox::{AgentDelta, RunState, ServerFrame};
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
@@ -48,6 +51,9 @@ const IDLE: Duration = Duration::from_secs(30);
 const TYPING_AFTER: Duration = Duration::from_millis(500);
 /// Text of recent history kept between runs, across conversations.
 const HISTORY_CACHE_BYTES: usize = 16 << 20;
+/// A run started this many times after restarts without an outcome fails rather than
+/// start again: if it is what takes the gateway down, it would otherwise do so forever.
+const MAX_RESTARTS: u32 = 3;
 
 /// What a new message queues, from the config.
 pub fn run_policy(config: &AgentConfig) -> RunPolicy {
@@ -86,6 +92,10 @@ pub struct Agent {
     model: Arc<Mutex<Option<CachedModel>>>,
     history: Arc<HistoryCache>,
     follow_ups_changed: Arc<Notify>,
+    /// Runs queued before this are runs an earlier process did not finish.
+    started_at: Timestamp,
+    /// Those of them whose start this process counted already.
+    restarted: Arc<Mutex<HashSet<RunId>>>,
 }
 
 /// What a run starts from: the store's answer, and the history the prompt is built from.
@@ -113,6 +123,8 @@ impl Agent {
             model: Arc::new(Mutex::new(None)),
             history: Arc::new(HistoryCache::new(HISTORY_CACHE_BYTES)),
             follow_ups_changed: Arc::new(Notify::new()),
+            started_at: Timestamp::now(),
+            restarted: Arc::default(),
         }
     }
 
@@ -181,31 +193,9 @@ impl Agent {
 
     async fn execute(&self, run: QueuedRun) {
         let began = Instant::now();
-        let config = self.config.borrow().clone();
         let mut usage = RunUsage::default();
-        let day = UsageDay::of(Timestamp::now());
-        let started = match self.read_start(&run, day).await {
-            Ok(Some(started)) => started,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(run_id = %run.id, error = %e, "cannot read a queued run");
-                return;
-            }
-        };
-        let answered = started.start.answered;
-        self.announce_running(&run).await;
-        let answering = self.answer(&run, started, day, &config, &mut usage);
-        let outcome = match contain_panic(run.id, answering).await {
-            Ok(outcome) => outcome,
-            Err(RunError::Store(e)) => {
-                // The store is failing; leave the run queued for a later attempt.
-                tracing::warn!(run_id = %run.id, error = %e, "agent run interrupted by the store");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(run_id = %run.id, error = %e, "agent run failed");
-                RunOutcome::Failed(e.to_string())
-            }
+        let Some((answered, outcome)) = self.outcome(&run, &mut usage).await else {
+            return;
         };
         let result = match &outcome {
             RunOutcome::Reply(_) => "replied",
@@ -241,6 +231,73 @@ impl Agent {
                 tracing::warn!(run_id = %run.id, error = %e, "cannot record an agent run's outcome")
             }
         }
+    }
+
+    /// What a run answers and how it ended; None leaves it queued (or it is no longer).
+    async fn outcome(
+        &self,
+        run: &QueuedRun,
+        usage: &mut RunUsage,
+    ) -> Option<(MessageId, RunOutcome)> {
+        match self.restarted_too_often(run).await {
+            Ok(None) => return None,
+            Ok(Some(false)) => {}
+            Ok(Some(true)) => {
+                let error = format!(
+                    "Pi gave up: the gateway stopped {MAX_RESTARTS} times in a row while answering this"
+                );
+                tracing::warn!(run_id = %run.id, error, "agent run failed");
+                return Some((run.trigger_message_id, RunOutcome::Failed(error)));
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "cannot count a restarted agent run");
+                return None;
+            }
+        }
+        let config = self.config.borrow().clone();
+        let day = UsageDay::of(Timestamp::now());
+        let started = match self.read_start(run, day).await {
+            Ok(Some(started)) => started,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "cannot read a queued run");
+                return None;
+            }
+        };
+        let answered = started.start.answered;
+        self.announce_running(run).await;
+        let answering = self.answer(run, started, day, &config, usage);
+        match contain_panic(run.id, answering).await {
+            Ok(outcome) => Some((answered, outcome)),
+            Err(RunError::Store(e)) => {
+                // The store is failing; leave the run queued for a later attempt.
+                tracing::warn!(run_id = %run.id, error = %e, "agent run interrupted by the store");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "agent run failed");
+                Some((answered, RunOutcome::Failed(e.to_string())))
+            }
+        }
+    }
+
+    /// Whether a run an earlier process left unfinished has been started after a restart
+    /// more than [`MAX_RESTARTS`] times; None when it is no longer queued. A process counts
+    /// its first start of such a run, durably, before the model is called, so a gateway
+    /// that a run takes down gets past it after a few restarts. Runs queued by this process
+    /// cost no write.
+    async fn restarted_too_often(&self, run: &QueuedRun) -> Result<Option<bool>, StoreError> {
+        let counted = || {
+            self.restarted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if run.queued_at >= self.started_at || counted().contains(&run.id) {
+            return Ok(Some(false));
+        }
+        let restarts = self.store.count_restart(run.id).await?;
+        counted().insert(run.id);
+        Ok(restarts.map(|n| n > MAX_RESTARTS))
     }
 
     /// Reads what a run starts from. The conversation's history comes from the cache plus

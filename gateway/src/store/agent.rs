@@ -204,6 +204,10 @@ pub(crate) enum AgentWrite {
     CancelFollowUp {
         id: FollowUpId,
     },
+    /// A queued run starts again after the gateway stopped during an earlier start.
+    CountRestart {
+        run_id: RunId,
+    },
 }
 
 pub(super) fn apply(cx: &mut Ctx<'_>, write: &AgentWrite) -> Result<Written, StoreError> {
@@ -283,6 +287,17 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &AgentWrite) -> Result<Written, Sto
             )?;
             found(updated, "pending follow-up")?;
             Ok(Written::Done)
+        }
+        AgentWrite::CountRestart { run_id } => {
+            let restarts = cx.query_optional(
+                "UPDATE agent_runs SET attempts = attempts + 1 WHERE id = ? AND state = 'queued'
+                 RETURNING attempts",
+                [run_id.to_string()],
+                |r| r.get::<_, i64>(0),
+            )?;
+            Ok(Written::Restarts(
+                restarts.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            ))
         }
     }
 }
@@ -660,6 +675,7 @@ pub struct QueuedRun {
     pub id: RunId,
     pub conversation_id: ConversationId,
     pub trigger_message_id: MessageId,
+    pub queued_at: Timestamp,
 }
 
 /// One stored message of a conversation's history, as a run's prompt is built from it.
@@ -751,6 +767,20 @@ impl Store {
         })
         .await
         .map(drop)
+    }
+
+    /// Counts a start of a run that was queued before the gateway last started, once its
+    /// write is durable, and answers how many such starts it has had (None when the run
+    /// is no longer queued). Only those starts are counted, so runs queued while the
+    /// gateway runs cost no write.
+    pub async fn count_restart(&self, run_id: RunId) -> Result<Option<u32>, StoreError> {
+        match self
+            .agent_write(AgentWrite::CountRestart { run_id })
+            .await?
+        {
+            Written::Restarts(restarts) => Ok(restarts),
+            other => Err(super::unexpected(other)),
+        }
     }
 
     pub async fn finish_run(&self, finish: RunFinish) -> Result<(), StoreError> {
@@ -870,8 +900,8 @@ impl Store {
         limit: usize,
         busy: &HashSet<ConversationId>,
     ) -> Result<Vec<QueuedRun>, StoreError> {
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT id, conversation_id, trigger_message_id FROM agent_runs
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, conversation_id, trigger_message_id, created_at FROM agent_runs
              WHERE state = 'queued' AND conversation_id NOT IN (SELECT value FROM json_each(?))
              ORDER BY created_at LIMIT ?",
         )
@@ -880,11 +910,12 @@ impl Store {
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
-            .map(|(id, conversation_id, trigger)| {
+            .map(|(id, conversation_id, trigger, queued_at)| {
                 Ok(QueuedRun {
                     id: parse_id(&id)?,
                     conversation_id: parse_id(&conversation_id)?,
                     trigger_message_id: parse_id(&trigger)?,
+                    queued_at: from_ms(queued_at)?,
                 })
             })
             .collect()

@@ -145,6 +145,8 @@ pub(crate) enum Written {
     Amended {
         changed: bool,
     },
+    /// How many times a run was started again after a restart; None when not queued.
+    Restarts(Option<u32>),
     Done,
 }
 
