@@ -746,7 +746,7 @@ async fn a_run_the_gateway_keeps_stopping_during_fails_after_three_restarts() {
     .await;
     assert_eq!(
         run["error"],
-        "Pi gave up: the gateway stopped 3 times in a row while answering this"
+        "Pi gave up: the gateway restarted 3 times in a row without finishing this"
     );
     assert_eq!(setup.model.request_count(), 4, "not started a fifth time");
 

@@ -16,7 +16,6 @@ mod history;
 mod model;
 mod tools;
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -42,6 +41,7 @@ use crate::store::{
     UsageDay,
 };
 use crate::tasks::{ConversationTasks, Lookout};
+use crate::telemetry::panic_message;
 
 /// Messages read for a run's prompt before the context budget trims them.
 const HISTORY_MESSAGES: u32 = 200;
@@ -92,10 +92,6 @@ pub struct Agent {
     model: Arc<Mutex<Option<CachedModel>>>,
     history: Arc<HistoryCache>,
     follow_ups_changed: Arc<Notify>,
-    /// Runs queued before this are runs an earlier process did not finish.
-    started_at: Timestamp,
-    /// Those of them whose start this process counted already.
-    restarted: Arc<Mutex<HashSet<RunId>>>,
 }
 
 /// What a run starts from: the store's answer, and the history the prompt is built from.
@@ -123,8 +119,6 @@ impl Agent {
             model: Arc::new(Mutex::new(None)),
             history: Arc::new(HistoryCache::new(HISTORY_CACHE_BYTES)),
             follow_ups_changed: Arc::new(Notify::new()),
-            started_at: Timestamp::now(),
-            restarted: Arc::default(),
         }
     }
 
@@ -240,11 +234,10 @@ impl Agent {
         usage: &mut RunUsage,
     ) -> Option<(MessageId, RunOutcome)> {
         match self.restarted_too_often(run).await {
-            Ok(None) => return None,
-            Ok(Some(false)) => {}
-            Ok(Some(true)) => {
+            Ok(false) => {}
+            Ok(true) => {
                 let error = format!(
-                    "Pi gave up: the gateway stopped {MAX_RESTARTS} times in a row while answering this"
+                    "Pi gave up: the gateway restarted {MAX_RESTARTS} times in a row without finishing this"
                 );
                 tracing::warn!(run_id = %run.id, error, "agent run failed");
                 return Some((run.trigger_message_id, RunOutcome::Failed(error)));
@@ -281,23 +274,13 @@ impl Agent {
         }
     }
 
-    /// Whether a run an earlier process left unfinished has been started after a restart
-    /// more than [`MAX_RESTARTS`] times; None when it is no longer queued. A process counts
-    /// its first start of such a run, durably, before the model is called, so a gateway
-    /// that a run takes down gets past it after a few restarts. Runs queued by this process
-    /// cost no write.
-    async fn restarted_too_often(&self, run: &QueuedRun) -> Result<Option<bool>, StoreError> {
-        let counted = || {
-            self.restarted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-        };
-        if run.queued_at >= self.started_at || counted().contains(&run.id) {
-            return Ok(Some(false));
-        }
+    /// Whether a run an earlier process left unfinished has now been restarted more than
+    /// [`MAX_RESTARTS`] times. The store counts the first start of such a run in each
+    /// process, durably, before the model is called, so a gateway that a run takes down
+    /// gets past it after a few restarts.
+    async fn restarted_too_often(&self, run: &QueuedRun) -> Result<bool, StoreError> {
         let restarts = self.store.count_restart(run.id).await?;
-        counted().insert(run.id);
-        Ok(restarts.map(|n| n > MAX_RESTARTS))
+        Ok(restarts.is_some_and(|n| n > MAX_RESTARTS))
     }
 
     /// Reads what a run starts from. The conversation's history comes from the cache plus
@@ -566,11 +549,7 @@ async fn contain_panic<T>(
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .copied()
-                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                .unwrap_or("(no message)");
+            let message = panic_message(panic.as_ref());
             tracing::error!(%run_id, panic = message, "an agent run panicked; it fails");
             Err(RunError::Panicked)
         })

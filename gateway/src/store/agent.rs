@@ -6,7 +6,7 @@
 //! it again and never answers twice.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use jiff::Timestamp;
 use moltbot_protocol::event::{AgentBudgetExhausted, ConversationKind, EventBody, Source};
@@ -675,7 +675,6 @@ pub struct QueuedRun {
     pub id: RunId,
     pub conversation_id: ConversationId,
     pub trigger_message_id: MessageId,
-    pub queued_at: Timestamp,
 }
 
 /// One stored message of a conversation's history, as a run's prompt is built from it.
@@ -769,11 +768,17 @@ impl Store {
         .map(drop)
     }
 
-    /// Counts a start of a run that was queued before the gateway last started, once its
-    /// write is durable, and answers how many such starts it has had (None when the run
-    /// is no longer queued). Only those starts are counted, so runs queued while the
-    /// gateway runs cost no write.
+    /// For the first start of a run that was queued when the store opened (one an earlier
+    /// process left without an outcome): counts that start, durably, and answers how many
+    /// such restarts the run has had. None for any other start, and when the run is no
+    /// longer queued: runs queued while the gateway runs cost no write.
     pub async fn count_restart(&self, run_id: RunId) -> Result<Option<u32>, StoreError> {
+        let left_over = (self.left_over_runs.lock())
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&run_id);
+        if !left_over {
+            return Ok(None);
+        }
         match self
             .agent_write(AgentWrite::CountRestart { run_id })
             .await?
@@ -900,8 +905,8 @@ impl Store {
         limit: usize,
         busy: &HashSet<ConversationId>,
     ) -> Result<Vec<QueuedRun>, StoreError> {
-        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT id, conversation_id, trigger_message_id, created_at FROM agent_runs
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT id, conversation_id, trigger_message_id FROM agent_runs
              WHERE state = 'queued' AND conversation_id NOT IN (SELECT value FROM json_each(?))
              ORDER BY created_at LIMIT ?",
         )
@@ -910,12 +915,11 @@ impl Store {
         .fetch_all(&self.reads)
         .await?;
         rows.into_iter()
-            .map(|(id, conversation_id, trigger, queued_at)| {
+            .map(|(id, conversation_id, trigger)| {
                 Ok(QueuedRun {
                     id: parse_id(&id)?,
                     conversation_id: parse_id(&conversation_id)?,
                     trigger_message_id: parse_id(&trigger)?,
-                    queued_at: from_ms(queued_at)?,
                 })
             })
             .collect()
@@ -1118,6 +1122,13 @@ type TargetContext = (Option<String>, Option<i64>, RunContext);
 /// [`decode_context`], off the writer's thread. The newest messages are found by id,
 /// which the writer assigns in order, so the conversation's index yields them without
 /// sorting its whole history.
+/// The runs queued when the store opens: those an earlier process left without an outcome.
+pub(super) fn queued_run_ids(conn: &rusqlite::Connection) -> Result<HashSet<RunId>, StoreError> {
+    let mut statement = conn.prepare("SELECT id FROM agent_runs WHERE state = 'queued'")?;
+    let ids = statement.query_map([], |r| r.get::<_, String>(0))?;
+    ids.map(|id| parse_id(&id?)).collect()
+}
+
 fn read_context(
     conn: &rusqlite::Connection,
     sql: &'static str,

@@ -22,11 +22,11 @@ use std::fmt;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use moltbot_protocol::ids::{ConversationId, MessageId};
+use moltbot_protocol::ids::{ConversationId, MessageId, RunId};
 use moltbot_protocol::{Event, EventId};
 use rusqlite::config::DbConfig;
 use sqlx::sqlite::{
@@ -56,6 +56,8 @@ pub use outbox::{Operation, OutboxItem};
 pub use read::ConversationFilter;
 
 const DB_FILE: &str = "gateway.db";
+/// How long a connection waits for a lock another one holds before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -170,6 +172,8 @@ pub struct Store {
     handed: Arc<outbox::Handed>,
     /// Cancelled for good when the disk failed a sync: the store then takes no writes.
     sync_failed: CancellationToken,
+    /// Agent runs queued when the store opened whose restart is not counted yet.
+    left_over_runs: Arc<Mutex<HashSet<RunId>>>,
 }
 
 /// The running writer, publisher and checkpointer.
@@ -204,7 +208,11 @@ impl WriterHandle {
         let checkpointer = self.checkpointer;
         match tokio::task::spawn_blocking(move || checkpointer.join()).await {
             Ok(Ok(())) => {}
-            _ => tracing::error!("store checkpointer failed"),
+            Ok(Err(panic)) => {
+                let message = crate::telemetry::panic_message(panic.as_ref());
+                tracing::error!(panic = message, "store checkpointer failed");
+            }
+            Err(e) => tracing::error!(error = %e, "store checkpointer failed"),
         }
     }
 }
@@ -227,7 +235,7 @@ impl Store {
             .filename(&path)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5))
+            .busy_timeout(BUSY_TIMEOUT)
             .pragma("temp_store", "memory")
             .log_statements(tracing::log::LevelFilter::Trace);
         let mut migrating = base.clone().create_if_missing(true).connect().await?;
@@ -241,6 +249,7 @@ impl Store {
             .await?;
         let conn = open_writer(&path)?;
         let checkpoints = checkpoint::open(&path)?;
+        let left_over_runs = Arc::new(Mutex::new(agent::queued_run_ids(&conn)?));
 
         let (commands, queue) = mpsc::channel(config.max_batch * 4);
         // A few groups of slack; beyond that the writer waits for the publisher.
@@ -277,13 +286,15 @@ impl Store {
             indexed_up_to: write::last_message_seq(&conn)?,
             conn,
         };
-        let writer = tokio::task::spawn_blocking(move || writer.run(queue));
-        let syncer = tokio::task::spawn_blocking(move || syncer.run(durable));
-        let publisher = tokio::spawn(publish::run(reads.clone(), bus, to_publish));
+        // Its own thread, whose priority it lowers; first, so that nothing runs yet if it
+        // cannot start.
         let checkpointer = std::thread::Builder::new()
             .name("store-checkpoint".into())
             .spawn(move || checkpoint::run(checkpoints, committed_pages))
             .map_err(StoreError::Thread)?;
+        let writer = tokio::task::spawn_blocking(move || writer.run(queue));
+        let syncer = tokio::task::spawn_blocking(move || syncer.run(durable));
+        let publisher = tokio::spawn(publish::run(reads.clone(), bus, to_publish));
         Ok((
             Store {
                 reads,
@@ -292,6 +303,7 @@ impl Store {
                 runs_ready,
                 handed,
                 sync_failed,
+                left_over_runs,
             },
             WriterHandle {
                 writer,
@@ -485,7 +497,7 @@ async fn query_plan_stability(
 /// The writer's connection; the database exists and is migrated by now.
 fn open_writer(path: &Path) -> Result<rusqlite::Connection, StoreError> {
     let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // Commits do not wait for the disk: the syncer makes them durable beside the writer
     // (per `store.synchronous`). SQLite still syncs around checkpoints and WAL restarts.
@@ -780,6 +792,46 @@ mod tests {
         part_sent(later, 0, "13", false).await.unwrap();
         assert_eq!(last(false).await.unwrap(), Some(13), "its own parts count");
         writer.finish().await;
+    }
+
+    /// A run queued when the store opens (left by an earlier process) has its first start
+    /// in each process counted, durably; runs queued while the store is open cost nothing.
+    #[tokio::test]
+    async fn a_left_over_run_counts_one_restart_per_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let open_answering = || async {
+            let policy = watch::channel(RunPolicy {
+                enabled: true,
+                default_mode: moltbot_protocol::inbox::AgentMode::Autopilot,
+                require_mention_in_groups: true,
+            });
+            let metrics = Arc::new(Metrics::new());
+            Store::open(
+                dir.path(),
+                &StoreConfig::default(),
+                Bus::new(16),
+                metrics,
+                policy.1,
+            )
+            .await
+            .unwrap()
+        };
+        let (store, writer) = open_answering().await;
+        store.ingest(message("1", "hello")).await.unwrap();
+        let queued = store.queued_runs(8, &HashSet::new()).await.unwrap();
+        let run = queued.first().expect("a run queued").id;
+        assert_eq!(store.count_restart(run).await.unwrap(), None, "queued now");
+        writer.finish().await;
+        for restarts in 1..=2 {
+            let (store, writer) = open_answering().await;
+            assert_eq!(store.count_restart(run).await.unwrap(), Some(restarts));
+            assert_eq!(
+                store.count_restart(run).await.unwrap(),
+                None,
+                "once per opening"
+            );
+            writer.finish().await;
+        }
     }
 
     /// Every new message, either way, moves its conversation up and becomes its preview;
