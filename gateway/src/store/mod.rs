@@ -97,8 +97,6 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store is shutting down")]
     Closed,
-    #[error("cannot start a store thread: {0}")]
-    Thread(std::io::Error),
 }
 
 /// What an ingest did.
@@ -181,8 +179,7 @@ pub struct WriterHandle {
     writer: JoinHandle<()>,
     syncer: JoinHandle<()>,
     publisher: JoinHandle<()>,
-    /// On a thread of its own, whose priority it lowers.
-    checkpointer: std::thread::JoinHandle<()>,
+    checkpointer: JoinHandle<()>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -198,21 +195,12 @@ impl WriterHandle {
             ("writer", self.writer),
             ("syncer", self.syncer),
             ("publisher", self.publisher),
+            ("checkpointer", self.checkpointer),
         ];
         for (name, task) in tasks {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "store {name} failed");
             }
-        }
-        // It ends once the writer has; joining it must not block the runtime meanwhile.
-        let checkpointer = self.checkpointer;
-        match tokio::task::spawn_blocking(move || checkpointer.join()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(panic)) => {
-                let message = crate::telemetry::panic_message(panic.as_ref());
-                tracing::error!(panic = message, "store checkpointer failed");
-            }
-            Err(e) => tracing::error!(error = %e, "store checkpointer failed"),
         }
     }
 }
@@ -238,9 +226,9 @@ impl Store {
             .busy_timeout(BUSY_TIMEOUT)
             .pragma("temp_store", "memory")
             .log_statements(tracing::log::LevelFilter::Trace);
-        let mut migrating = base.clone().create_if_missing(true).connect().await?;
-        sqlx::migrate!("./migrations").run(&mut migrating).await?;
-        migrating.close().await?;
+        // This connection migrates, then checkpoints beside the writer.
+        let mut checkpoints = base.clone().create_if_missing(true).connect().await?;
+        sqlx::migrate!("./migrations").run(&mut checkpoints).await?;
         let reads = SqlitePoolOptions::new()
             .after_connect(|conn, _| Box::pin(stable_plans(conn)))
             .max_connections(config.read_connections)
@@ -248,7 +236,6 @@ impl Store {
             .connect_with(base.read_only(true))
             .await?;
         let conn = open_writer(&path)?;
-        let checkpoints = checkpoint::open(&path)?;
         let left_over_runs = Arc::new(Mutex::new(agent::queued_run_ids(&conn)?));
 
         let (commands, queue) = mpsc::channel(config.max_batch * 4);
@@ -286,15 +273,10 @@ impl Store {
             indexed_up_to: write::last_message_seq(&conn)?,
             conn,
         };
-        // Its own thread, whose priority it lowers; first, so that nothing runs yet if it
-        // cannot start.
-        let checkpointer = std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || checkpoint::run(checkpoints, committed_pages))
-            .map_err(StoreError::Thread)?;
         let writer = tokio::task::spawn_blocking(move || writer.run(queue));
         let syncer = tokio::task::spawn_blocking(move || syncer.run(durable));
         let publisher = tokio::spawn(publish::run(reads.clone(), bus, to_publish));
+        let checkpointer = tokio::spawn(checkpoint::run(checkpoints, committed_pages));
         Ok((
             Store {
                 reads,
