@@ -21,7 +21,10 @@
 //!   time. Telegram's own limits (1 msg/s per chat, 30/s overall) and the daily token
 //!   budget are lifted in this config, to measure the gateway, not Telegram or the budget.
 //!   The fakes run in the bench process and share the 2 cores with the gateway; their CPU
-//!   is printed beside the gateway's.
+//!   is printed beside the gateway's, and then how busy the whole machine was over the
+//!   window, with the share the hypervisor gave to other machines (`steal` in
+//!   `/proc/stat`): in the slow spells steal was 1–3% in most runs and up to 11% in single
+//!   50 ms windows.
 //!
 //!   Where the time goes: the poll cycle (a poll moves its offset only once the updates it
 //!   brought are durable); the commit of the update with its queued run, from which the
@@ -55,7 +58,16 @@
 //!   from 13 to 26 ms. For the same reason the writer's threshold stays at 4,000 frames:
 //!   at 1,000 frames commit p99 was 51 ms, at 16,000 no better than 4,000; a `RESTART`
 //!   checkpoint from the checkpointer instead held the writer up to 1.1 s while readers
-//!   finished.
+//!   finished. Writing the CHECK constraints' value lists as chains of `=` (migration
+//!   0007: an `IN` list of more than two values built a temporary b-tree per insert) and
+//!   bumping the conversation from the writer rather than a trigger (0008: the trigger cost
+//!   a statement journal per message insert) took about 2–3% off the CPU per reply (lower
+//!   in 10 of 12 interleaved pairs). Running the checkpointer at nice 10 took about a third
+//!   off the p99 at 1,000/s (9 of 11 pairs) but is not done: flat out it then fell behind
+//!   and the WAL grew from 21 to 41 MiB in 8 s, where it stays at 20 MiB. Waiting 0.5–2 ms
+//!   for more writes before a small group commits cut the CPU at 300/s by 15–37% (0.98 →
+//!   0.62 cores at 2 ms) for 5–11 ms more p50, and at 1,000/s saved 3.5% but raised p50
+//!   and p99: not done either, though a per-tenant setting for quiet pods could use it.
 //! - **slow model**: the same people write once each to a 2 s model with
 //!   `agent.max_concurrent_runs` = `BENCH_LIMIT` (32); the highest number of model calls
 //!   in flight must equal the limit, and the burst takes about ⌈users / limit⌉ × 2 s.
@@ -105,6 +117,18 @@ async fn start(config: std::path::PathBuf) -> Gateway {
     tokio::task::spawn_blocking(move || Gateway::start(&config).0)
         .await
         .unwrap()
+}
+
+/// The machine's CPU time so far from `/proc/stat`, in clock ticks: all of it, the idle
+/// part (idle and I/O wait) and the part the hypervisor gave to other machines (steal).
+fn host_cpu() -> (u64, u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = (stat.lines().next().unwrap_or_default().split_whitespace())
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    (ticks.iter().sum(), at(3) + at(4), at(7))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -194,10 +218,17 @@ async fn replies(users: i64, period: Option<Duration>, warmup: Duration, window:
     let started = Instant::now();
     let cpu_before = gateway.cpu_time();
     let bench_cpu_before = cpu_time(std::process::id());
+    let host_before = host_cpu();
     tokio::time::sleep(window).await;
     let elapsed = started.elapsed();
     let cpu = gateway.cpu_time() - cpu_before;
     let bench_cpu = cpu_time(std::process::id()) - bench_cpu_before;
+    let host = host_cpu();
+    let host_share = |part: u64| 100.0 * part as f64 / (host.0 - host_before.0).max(1) as f64;
+    let (busy, steal) = (
+        100.0 - host_share(host.1 - host_before.1),
+        host_share(host.2 - host_before.2),
+    );
     let (mut latencies, count) = {
         let w = waiting.lock().unwrap();
         (w.latencies.clone(), w.replies)
@@ -222,7 +253,8 @@ async fn replies(users: i64, period: Option<Duration>, warmup: Duration, window:
         latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
     );
     let cost = format!(
-        "gateway CPU: {:.2} ms per reply, {:.2} cores; the fakes and the people beside it: {:.2} cores",
+        "gateway CPU: {:.2} ms per reply, {:.2} cores; the fakes and the people beside it: {:.2} cores\n  \
+         machine: {busy:.0}% busy, {steal:.1}% of it taken by the host (steal)",
         cpu.as_secs_f64() * 1e3 / count.max(1) as f64,
         cpu.as_secs_f64() / elapsed.as_secs_f64(),
         bench_cpu.as_secs_f64() / elapsed.as_secs_f64()
