@@ -572,9 +572,25 @@ mod tests {
         config: &StoreConfig,
         metrics: Arc<Metrics>,
     ) -> (Store, WriterHandle) {
+        open_queuing(
+            dir,
+            config,
+            metrics,
+            moltbot_protocol::inbox::AgentMode::Off,
+        )
+        .await
+    }
+
+    /// A store whose new messages queue agent runs in `mode` (none when off).
+    async fn open_queuing(
+        dir: &Path,
+        config: &StoreConfig,
+        metrics: Arc<Metrics>,
+        mode: moltbot_protocol::inbox::AgentMode,
+    ) -> (Store, WriterHandle) {
         let policy = watch::channel(RunPolicy {
-            enabled: false,
-            default_mode: moltbot_protocol::inbox::AgentMode::Off,
+            enabled: mode != moltbot_protocol::inbox::AgentMode::Off,
+            default_mode: mode,
             require_mention_in_groups: true,
         });
         Store::open(dir, config, Bus::new(16), metrics, policy.1)
@@ -781,22 +797,11 @@ mod tests {
     #[tokio::test]
     async fn a_left_over_run_counts_one_restart_per_opening() {
         let dir = tempfile::tempdir().unwrap();
-        let open_answering = || async {
-            let policy = watch::channel(RunPolicy {
-                enabled: true,
-                default_mode: moltbot_protocol::inbox::AgentMode::Autopilot,
-                require_mention_in_groups: true,
-            });
+        let config = StoreConfig::default();
+        let open_answering = || {
             let metrics = Arc::new(Metrics::new());
-            Store::open(
-                dir.path(),
-                &StoreConfig::default(),
-                Bus::new(16),
-                metrics,
-                policy.1,
-            )
-            .await
-            .unwrap()
+            let autopilot = moltbot_protocol::inbox::AgentMode::Autopilot;
+            open_queuing(dir.path(), &config, metrics, autopilot)
         };
         let (store, writer) = open_answering().await;
         store.ingest(message("1", "hello")).await.unwrap();
