@@ -9,7 +9,7 @@
 //! its outcome together with its reply. Stopping the gateway abandons runs in flight
 //! without an outcome, so they run again at the next start: nobody gets a "please retry".
 //! A run that three restarts in a row did not finish fails instead, in case it is what
-//! takes the gateway down.
+//! takes the gateway down; restarts after a clean stop do not count.
 
 mod context;
 mod history;
@@ -167,6 +167,10 @@ impl Agent {
             );
         }
         tasks.shutdown().await;
+        // A clean stop is not what the restart count is about.
+        if let Err(e) = self.store.uncount_unfinished_restarts().await {
+            tracing::warn!(error = %e, "cannot take back the restarts of unfinished agent runs");
+        }
         let _ = follow_ups.await;
     }
 

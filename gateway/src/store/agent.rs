@@ -208,6 +208,10 @@ pub(crate) enum AgentWrite {
     CountRestart {
         run_id: RunId,
     },
+    /// The gateway stops cleanly with these runs' counted restarts unfinished.
+    UncountRestarts {
+        run_ids: Vec<RunId>,
+    },
 }
 
 pub(super) fn apply(cx: &mut Ctx<'_>, write: &AgentWrite) -> Result<Written, StoreError> {
@@ -298,6 +302,16 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &AgentWrite) -> Result<Written, Sto
             Ok(Written::Restarts(
                 restarts.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             ))
+        }
+        AgentWrite::UncountRestarts { run_ids } => {
+            for run_id in run_ids {
+                cx.execute(
+                    "UPDATE agent_runs SET attempts = max(attempts - 1, 0)
+                     WHERE id = ? AND state = 'queued'",
+                    [run_id.to_string()],
+                )?;
+            }
+            Ok(Written::Done)
         }
     }
 }
@@ -773,23 +787,42 @@ impl Store {
     /// such restarts the run has had. None for any other start, and when the run is no
     /// longer queued: runs queued while the gateway runs cost no write.
     pub async fn count_restart(&self, run_id: RunId) -> Result<Option<u32>, StoreError> {
-        let left_over = (self.left_over_runs.lock())
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&run_id);
-        if !left_over {
+        if !self.restarts().left_over.remove(&run_id) {
             return Ok(None);
         }
         match self
             .agent_write(AgentWrite::CountRestart { run_id })
             .await?
         {
-            Written::Restarts(restarts) => Ok(restarts),
+            Written::Restarts(restarts) => {
+                self.restarts().counted.insert(run_id);
+                Ok(restarts)
+            }
             other => Err(super::unexpected(other)),
         }
     }
 
+    /// Takes back the restarts counted for runs still unfinished: called when the gateway
+    /// stops cleanly, which is not what the count is about (a run that takes it down).
+    pub async fn uncount_unfinished_restarts(&self) -> Result<(), StoreError> {
+        let run_ids: Vec<RunId> = self.restarts().counted.drain().collect();
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        self.agent_write(AgentWrite::UncountRestarts { run_ids })
+            .await
+            .map(drop)
+    }
+
+    fn restarts(&self) -> std::sync::MutexGuard<'_, Restarts> {
+        self.restarts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub async fn finish_run(&self, finish: RunFinish) -> Result<(), StoreError> {
-        self.agent_write(AgentWrite::Finish(finish)).await.map(drop)
+        let run_id = finish.run_id;
+        self.agent_write(AgentWrite::Finish(finish)).await?;
+        self.restarts().counted.remove(&run_id);
+        Ok(())
     }
 
     pub async fn approve_draft(
@@ -1122,11 +1155,25 @@ type TargetContext = (Option<String>, Option<i64>, RunContext);
 /// [`decode_context`], off the writer's thread. The newest messages are found by id,
 /// which the writer assigns in order, so the conversation's index yields them without
 /// sorting its whole history.
-/// The runs queued when the store opens: those an earlier process left without an outcome.
-pub(super) fn queued_run_ids(conn: &rusqlite::Connection) -> Result<HashSet<RunId>, StoreError> {
-    let mut statement = conn.prepare("SELECT id FROM agent_runs WHERE state = 'queued'")?;
-    let ids = statement.query_map([], |r| r.get::<_, String>(0))?;
-    ids.map(|id| parse_id(&id?)).collect()
+/// Which runs' restarts count: see [`Store::count_restart`].
+#[derive(Debug, Default)]
+pub(super) struct Restarts {
+    /// Queued when the store opened (left by an earlier process), not started since.
+    left_over: HashSet<RunId>,
+    /// Started since, their restart counted, no outcome yet.
+    counted: HashSet<RunId>,
+}
+
+impl Restarts {
+    /// The runs queued when the store opens: those an earlier process left without an outcome.
+    pub(super) fn read(conn: &rusqlite::Connection) -> Result<Self, StoreError> {
+        let mut statement = conn.prepare("SELECT id FROM agent_runs WHERE state = 'queued'")?;
+        let ids = statement.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(Restarts {
+            left_over: ids.map(|id| parse_id(&id?)).collect::<Result<_, _>>()?,
+            counted: HashSet::new(),
+        })
+    }
 }
 
 fn read_context(

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use moltbot_protocol::ids::{ConversationId, MessageId, RunId};
+use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::{Event, EventId};
 use rusqlite::config::DbConfig;
 use sqlx::sqlite::{
@@ -170,8 +170,8 @@ pub struct Store {
     handed: Arc<outbox::Handed>,
     /// Cancelled for good when the disk failed a sync: the store then takes no writes.
     sync_failed: CancellationToken,
-    /// Agent runs queued when the store opened whose restart is not counted yet.
-    left_over_runs: Arc<Mutex<HashSet<RunId>>>,
+    /// Agent runs left by an earlier process, and those of them whose restart is counted.
+    restarts: Arc<Mutex<agent::Restarts>>,
 }
 
 /// The running writer, publisher and checkpointer.
@@ -236,7 +236,7 @@ impl Store {
             .connect_with(base.read_only(true))
             .await?;
         let conn = open_writer(&path)?;
-        let left_over_runs = Arc::new(Mutex::new(agent::queued_run_ids(&conn)?));
+        let restarts = Arc::new(Mutex::new(agent::Restarts::read(&conn)?));
 
         let (commands, queue) = mpsc::channel(config.max_batch * 4);
         // A few groups of slack; beyond that the writer waits for the publisher.
@@ -285,7 +285,7 @@ impl Store {
                 runs_ready,
                 handed,
                 sync_failed,
-                left_over_runs,
+                restarts,
             },
             WriterHandle {
                 writer,
