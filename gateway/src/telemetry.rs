@@ -53,10 +53,3 @@ pub fn init(config: &LogConfig) -> LogControl {
         .try_init();
     LogControl { handle, from_env }
 }
-
-/// The message a panic carries, for its log line.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    (panic.downcast_ref::<&str>().copied())
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
-}

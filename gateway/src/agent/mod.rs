@@ -41,7 +41,6 @@ use crate::store::{
     UsageDay,
 };
 use crate::tasks::{ConversationTasks, Lookout};
-use crate::telemetry::panic_message;
 
 /// Messages read for a run's prompt before the context budget trims them.
 const HISTORY_MESSAGES: u32 = 200;
@@ -553,7 +552,9 @@ async fn contain_panic<T>(
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| {
-            let message = panic_message(panic.as_ref());
+            let message = (panic.downcast_ref::<&str>().copied())
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
             tracing::error!(%run_id, panic = message, "an agent run panicked; it fails");
             Err(RunError::Panicked)
         })
