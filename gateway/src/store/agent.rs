@@ -790,16 +790,18 @@ impl Store {
         if !self.restarts().left_over.remove(&run_id) {
             return Ok(None);
         }
-        match self
-            .agent_write(AgentWrite::CountRestart { run_id })
-            .await?
-        {
-            Written::Restarts(restarts) => {
-                self.restarts().counted.insert(run_id);
-                Ok(restarts)
-            }
-            other => Err(super::unexpected(other)),
-        }
+        let counted = match self.agent_write(AgentWrite::CountRestart { run_id }).await {
+            Ok(Written::Restarts(restarts)) => Ok(restarts),
+            Ok(other) => Err(super::unexpected(other)),
+            Err(e) => Err(e),
+        };
+        let mut restarts = self.restarts();
+        match counted {
+            Ok(_) => restarts.counted.insert(run_id),
+            // Still owed: the run's next start in this process counts it.
+            Err(_) => restarts.left_over.insert(run_id),
+        };
+        counted
     }
 
     /// Takes back the restarts counted for runs still unfinished: called when the gateway

@@ -819,6 +819,20 @@ mod tests {
             );
             writer.finish().await;
         }
+
+        // A count whose write fails is still owed at the run's next start.
+        let (store, writer) = open_answering().await;
+        let other = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER refuse_counts BEFORE UPDATE OF attempts ON agent_runs
+                 BEGIN SELECT RAISE(ABORT, 'the disk says no'); END;",
+            )
+            .unwrap();
+        assert!(store.count_restart(run).await.is_err());
+        other.execute_batch("DROP TRIGGER refuse_counts").unwrap();
+        assert_eq!(store.count_restart(run).await.unwrap(), Some(3));
+        writer.finish().await;
     }
 
     /// Every new message, either way, moves its conversation up and becomes its preview;
