@@ -395,6 +395,46 @@ async fn an_unknown_sender_gets_a_pairing_code_and_is_let_in_once_approved() {
     assert_eq!(sent[1].text, "Welcome!");
 }
 
+/// A pairing code keeps the bot's limits like every send: after a 429 on it, the sender's
+/// next message brings the code again, once `retry_after` is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pairing_code_waits_out_a_429_like_every_send() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: pairing\n", "");
+    let gateway = start(&config).await;
+    let retry_after = Duration::from_secs(2);
+    setup.telegram.fail_next(
+        BOT,
+        "sendMessage",
+        Failure::TooManyRequests {
+            retry_after: retry_after.as_secs() as u32,
+        },
+    );
+    let limited = Instant::now();
+    let private = ChatSpec::private(42);
+    setup.telegram.user_sends(BOT, &private, &ann(), "hello?");
+    eventually("the code's send refused", &gateway, async || {
+        (gateway.log_text())
+            .contains("cannot send a pairing code")
+            .then_some(())
+    })
+    .await;
+    setup.telegram.user_sends(BOT, &private, &ann(), "hello??");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert!(
+        limited.elapsed() >= retry_after,
+        "sent {:?} after the 429, within its retry_after",
+        limited.elapsed()
+    );
+    let requests = get(&gateway, "/v1/pairing").await;
+    let code = requests[0]["code"].as_str().unwrap();
+    assert!(sent[0].text.contains(code), "{}", sent[0].text);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn long_replies_are_split_and_rate_limits_are_obeyed() {
     let setup = Setup::new(Duration::ZERO).await;

@@ -18,7 +18,7 @@ mod media;
 mod normalize;
 mod types;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +53,8 @@ const PROBE_WINDOW: i64 = 8;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+/// Pairing codes on their way at once; past that a code waits for the sender's next message.
+const MAX_PAIRING_SENDS: usize = 32;
 
 pub struct Telegram {
     name: String,
@@ -64,9 +66,12 @@ pub struct Telegram {
     health: Health,
     /// Known once `getMe` answered; updates wait for it (a mention needs the bot's name).
     bot: OnceCell<BotIdentity>,
-    limits: Limits,
+    /// Shared with the pairing codes on their way.
+    limits: Arc<Limits>,
     /// The highest message id seen per chat since start, for reconciliation hints.
     last_ids: Mutex<HashMap<i64, i64>>,
+    /// The senders whose pairing code is on its way.
+    pairing_sends: Arc<Mutex<HashSet<i64>>>,
 }
 
 /// Telegram's sending limits, and a pause every send waits out after a 429.
@@ -169,8 +174,9 @@ impl Telegram {
             store,
             metrics,
             bot: OnceCell::new(),
-            limits: Limits::new(&config.rate_limit),
+            limits: Arc::new(Limits::new(&config.rate_limit)),
             last_ids: Mutex::new(HashMap::new()),
+            pairing_sends: Arc::default(),
         })
     }
 
@@ -424,22 +430,51 @@ impl Telegram {
             .await?;
         match ticket {
             PairingTicket::Approved => return Ok(Admission::Admit),
-            PairingTicket::SendCode(code) => {
-                let text = format!(
-                    "Hi! I only talk with people my owner has approved. Your pairing code is {code}. \
-                     Send it to my owner; the code is valid for one hour."
-                );
-                // Best effort: the next message from this sender brings the code again.
-                match self.api.send_message(sender.chat_id, &text, None).await {
-                    Ok(_) => self.store.pairing_code_sent(&self.name, &sender_id).await?,
-                    Err(e) => {
-                        tracing::warn!(connection = %self.name, error = %e, "cannot send a pairing code")
-                    }
-                }
-            }
+            PairingTicket::SendCode(code) => self.send_pairing_code(sender, &code),
             PairingTicket::Wait | PairingTicket::Denied => {}
         }
         Ok(Admission::Pair)
+    }
+
+    /// Sends a pairing code beside the updates, within the bot's limits like every send,
+    /// so that a slow or rate-limited send never holds up the batch it came in. Best
+    /// effort: until one is sent, each message from the sender brings the code again.
+    fn send_pairing_code(&self, sender: &Sender, code: &str) {
+        let user = sender.user_id;
+        {
+            let mut sending = self.pairing_sends.lock().expect("pairing sends lock");
+            if sending.len() >= MAX_PAIRING_SENDS || !sending.insert(user) {
+                return;
+            }
+        }
+        let text = format!(
+            "Hi! I only talk with people my owner has approved. Your pairing code is {code}. \
+             Send it to my owner; the code is valid for one hour."
+        );
+        let (api, limits, store) = (self.api.clone(), self.limits.clone(), self.store.clone());
+        let (name, sending, chat) = (
+            self.name.clone(),
+            self.pairing_sends.clone(),
+            sender.chat_id,
+        );
+        tokio::spawn(async move {
+            limits.until_ready(chat, ConversationKind::Dm).await;
+            let sent = api.send_message(chat, &text, None).await;
+            match &sent {
+                Ok(_) => {
+                    if let Err(e) = store.pairing_code_sent(&name, &user.to_string()).await {
+                        tracing::warn!(connection = %name, error = %e, "cannot record a sent pairing code");
+                    }
+                }
+                Err(ApiError::RateLimited { retry_after }) => limits.pause(*retry_after),
+                Err(_) => {}
+            }
+            // Recorded or paused first, so that the sender's next message finds either.
+            sending.lock().expect("pairing sends lock").remove(&user);
+            if let Err(e) = sent {
+                tracing::warn!(connection = %name, error = %e, "cannot send a pairing code");
+            }
+        });
     }
 
     fn remember_id(&self, event: &Event) {
