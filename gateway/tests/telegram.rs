@@ -63,6 +63,11 @@ async fn start(config: &std::path::Path) -> Gateway {
         .unwrap()
 }
 
+async fn metrics(gateway: &Gateway) -> String {
+    let response = reqwest::get(gateway.url("/metrics")).await.unwrap();
+    response.text().await.unwrap()
+}
+
 async fn get(gateway: &Gateway, path: &str) -> Value {
     let response = reqwest::Client::new()
         .get(gateway.url(path))
@@ -248,12 +253,7 @@ async fn a_malformed_update_is_skipped_and_polling_moves_on() {
         0,
         "both updates confirmed"
     );
-    let metrics = reqwest::get(gateway.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gateway).await;
     assert!(
         metrics.contains(r#"gateway_channel_updates_total{connection="tg",outcome="rejected"} 1"#),
         "{metrics}"
@@ -345,7 +345,7 @@ async fn forged_webhooks_are_refused_and_redeliveries_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unknown_sender_gets_a_pairing_code_and_is_let_in_once_approved() {
     let setup = Setup::new(Duration::ZERO).await;
-    let config = setup.config("    dm_policy: pairing\n", "");
+    let config = setup.config("    dm_policy: pairing\n    max_pending_pairings: 1\n", "");
     let gateway = start(&config).await;
     setup
         .telegram
@@ -372,6 +372,16 @@ async fn an_unknown_sender_gets_a_pairing_code_and_is_let_in_once_approved() {
             .unwrap()
             .is_empty()
     );
+
+    // The one pending place is taken: a second stranger is ignored, and gets no code.
+    let bob = UserSpec::new(43, "Bob");
+    (setup.telegram).user_sends(BOT, &ChatSpec::private(43), &bob, "me too?");
+    eventually("the second stranger ignored", &gateway, async || {
+        let ignored = r#"gateway_channel_updates_total{connection="tg",outcome="ignored"} 1"#;
+        metrics(&gateway).await.contains(ignored).then_some(())
+    })
+    .await;
+    assert_eq!(setup.telegram.sent(BOT).len(), 1);
 
     let (status, _) = post(&gateway, "/v1/pairing/NOSUCHCODE/approve", json!({})).await;
     assert_eq!(status, 404);

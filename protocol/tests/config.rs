@@ -373,6 +373,7 @@ fn everything_set(secret: fn((&str, &str)) -> Secret) -> Config {
     bot.poll_timeout = Duration::from_secs(0);
     bot.request_timeout = Duration::new(90, 250_000_000);
     bot.dm_policy = DmPolicy::Open;
+    bot.max_pending_pairings = 25;
     bot.allow_from = vec!["42".into(), "12345678901".into()];
     bot.group_policy = GroupPolicy::Disabled;
     bot.allow_groups = vec!["-1001".into()];
@@ -462,10 +463,17 @@ fn placeholders_survive_rendering_and_are_substituted_at_load() {
 #[test]
 fn a_config_the_gateway_would_refuse_is_refused_at_render_time() {
     type Case = (fn(&mut Config), &'static str);
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         (
             |c| c.tenant.id = "${HOME}".into(),
             "tenant.id: must be a DNS label",
+        ),
+        (
+            |c| {
+                let ConnectionConfig::Telegram(bot) = &mut c.connections[0];
+                bot.max_pending_pairings = 0;
+            },
+            "connections[0].max_pending_pairings: must be between 1 and 1000",
         ),
         (
             |c| {

@@ -37,6 +37,8 @@ pub struct PairingAsk {
     pub chat_id: String,
     pub display_name: Option<String>,
     pub handle: Option<String>,
+    /// Requests of the connection that may be pending at once.
+    pub max_pending: u32,
 }
 
 /// What to do about a sender who asked to pair.
@@ -50,6 +52,8 @@ pub enum PairingTicket {
     Approved,
     /// The tenant said no: stay quiet.
     Denied,
+    /// A new request, but the connection has as many pending as it may: stay quiet.
+    Full,
 }
 
 #[derive(Debug)]
@@ -189,6 +193,15 @@ fn request_pairing(cx: &mut Ctx<'_>, ask: &PairingAsk) -> Result<PairingTicket, 
             });
         }
         _ => {}
+    }
+    let pending = cx.query_optional(
+        "SELECT count(*) FROM pairing_requests
+         WHERE connection = ? AND sender_id != ? AND state = 'pending' AND expires_at > ?",
+        params![ask.connection, ask.sender_id, cx.now],
+        |r| r.get::<_, i64>(0),
+    )?;
+    if pending.unwrap_or(0) >= i64::from(ask.max_pending) {
+        return Ok(PairingTicket::Full);
     }
     let code = new_pairing_code();
     cx.execute(

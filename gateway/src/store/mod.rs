@@ -835,6 +835,46 @@ mod tests {
         writer.finish().await;
     }
 
+    /// At most `max_pending` requests of a connection wait for the tenant at once; waiting
+    /// senders are still reminded of their code, and a decision frees a place.
+    #[tokio::test]
+    async fn pairing_requests_beyond_the_cap_wait_until_one_is_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let ask = |connection: &str, sender: &str| PairingAsk {
+            connection: connection.into(),
+            sender_id: sender.into(),
+            chat_id: sender.into(),
+            display_name: None,
+            handle: None,
+            max_pending: 2,
+        };
+        let code = |ticket| match ticket {
+            PairingTicket::SendCode(code) => code,
+            other => panic!("no code but {other:?}"),
+        };
+        let first = code(store.request_pairing(ask("tg", "1")).await.unwrap());
+        code(store.request_pairing(ask("tg", "2")).await.unwrap());
+        let third = ask("tg", "3");
+        assert_eq!(
+            store.request_pairing(third.clone()).await.unwrap(),
+            PairingTicket::Full
+        );
+        assert_eq!(
+            store.request_pairing(ask("tg", "1")).await.unwrap(),
+            PairingTicket::SendCode(first.clone()),
+            "a waiting sender keeps its place"
+        );
+        code(store.request_pairing(ask("other", "3")).await.unwrap());
+        store.decide_pairing(&first, false).await.unwrap();
+        code(store.request_pairing(third).await.unwrap());
+        let pending = store.pairing_requests().await.unwrap();
+        let pending = pending.iter().filter(|r| r.connection == "tg");
+        let pending_state = moltbot_protocol::inbox::PairingState::Pending;
+        assert_eq!(pending.filter(|r| r.state == pending_state).count(), 2);
+        writer.finish().await;
+    }
+
     /// Every new message, either way, moves its conversation up and becomes its preview;
     /// only inbound ones count as unread.
     #[tokio::test]

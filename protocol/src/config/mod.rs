@@ -364,6 +364,10 @@ pub struct TelegramConfig {
     pub request_timeout: Duration,
     #[serde(default, deserialize_with = "lenient")]
     pub dm_policy: DmPolicy,
+    /// Pairing requests that may wait for the tenant at once (unexpired, neither approved
+    /// nor denied); further unknown senders are ignored until one is decided or expires.
+    #[serde(default = "default_max_pending_pairings", deserialize_with = "lenient")]
+    pub max_pending_pairings: u32,
     /// Telegram user ids allowed to write in direct messages (policy `allowlist`, and
     /// always allowed under `pairing`).
     #[serde(default)]
@@ -389,6 +393,7 @@ impl TelegramConfig {
             poll_timeout: default_poll_timeout(),
             request_timeout: default_request_timeout(),
             dm_policy: DmPolicy::default(),
+            max_pending_pairings: default_max_pending_pairings(),
             allow_from: Vec::new(),
             group_policy: GroupPolicy::default(),
             allow_groups: Vec::new(),
@@ -634,6 +639,10 @@ fn default_poll_timeout() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
+}
+/// As OpenClaw: a flood of strangers gets three codes, not one each.
+fn default_max_pending_pairings() -> u32 {
+    3
 }
 fn default_webhook_connections() -> u32 {
     40

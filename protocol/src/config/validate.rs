@@ -172,6 +172,12 @@ impl TelegramConfig {
             100,
             120_000,
         )?;
+        check_range(
+            &format!("{key}.max_pending_pairings"),
+            self.max_pending_pairings,
+            1,
+            1000,
+        )?;
         for (field, ids) in [
             ("allow_from", &self.allow_from),
             ("allow_groups", &self.allow_groups),

@@ -426,11 +426,15 @@ impl Telegram {
                 chat_id: sender.chat_id.to_string(),
                 display_name,
                 handle: text("username"),
+                max_pending: self.config.max_pending_pairings,
             })
             .await?;
         match ticket {
             PairingTicket::Approved => return Ok(Admission::Admit),
             PairingTicket::SendCode(code) => self.send_pairing_code(sender, &code),
+            PairingTicket::Full => {
+                return Ok(Admission::Ignore("too many pairing requests pending"));
+            }
             PairingTicket::Wait | PairingTicket::Denied => {}
         }
         Ok(Admission::Pair)
