@@ -24,9 +24,11 @@
 //!   is printed beside the gateway's, and then how busy the whole machine was over the
 //!   window, with the share the hypervisor gave to other machines (`steal` in
 //!   `/proc/stat`): in the slow spells steal was 1–3% in most runs and up to 11% in single
-//!   50 ms windows. With migrations 0007 and 0008 the p99 at 1,000/s was 28.6–50.0 ms in
-//!   13 of 15 runs of a quieter spell (fakes 0.34–0.39 cores) and 56–128 ms in all 7 of a
-//!   slow one.
+//!   50 ms windows. With migrations 0007 and 0008 the p99 at 1,000/s was 17–40 ms in 20
+//!   of 22 runs of a quiet hour (the other two: single stalls of 150–270 ms), 28.6–50.0 ms
+//!   in 13 of 15 runs of a quieter spell (fakes 0.34–0.39 cores), 50–77 ms in 7 of 10 of
+//!   a slower hour and 56–128 ms in all 7 of the slowest. In the quiet hour no commit took
+//!   longer than 12.8 ms and no sync longer than 25.6 ms (`/metrics` histograms).
 //!
 //!   Where the time goes: the poll cycle (a poll moves its offset only once the updates it
 //!   brought are durable); the commit of the update with its queued run, from which the
