@@ -157,6 +157,11 @@ pub struct TelegramSettings {
     #[serde(default)]
     pub dm_policy: DmPolicy,
 
+    /// Pairing requests that may wait for the tenant at once under dmPolicy pairing; further unknown senders are ignored until one is approved, denied or expires (1 hour). Unset: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_pending_pairings: Option<u32>,
+
     /// Telegram user ids always allowed in direct messages (and the only ones under allowlist).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1000), inner(regex(pattern = TELEGRAM_USER_ID)), extend("x-kubernetes-list-type" = "set"))]

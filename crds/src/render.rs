@@ -318,6 +318,9 @@ fn telegram(
         DmPolicy::Open => gateway::DmPolicy::Open,
         DmPolicy::Disabled => gateway::DmPolicy::Disabled,
     };
+    if let Some(max) = settings.max_pending_pairings {
+        telegram.max_pending_pairings = max;
+    }
     telegram.allow_from = settings.allow_from.clone();
     telegram.group_policy = match settings.group_policy {
         GroupPolicy::Allowlist => gateway::GroupPolicy::Allowlist,

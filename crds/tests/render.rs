@@ -92,6 +92,7 @@ fn renders_the_tenant_and_its_connections() {
     assert_eq!(family.name, "family-bot");
     assert_eq!(family.mode, TelegramMode::Webhook);
     assert_eq!(family.api_base, "http://bot-api.telegram.svc:8081");
+    assert_eq!(family.max_pending_pairings, 10);
     let webhook = family.webhook.as_ref().expect("webhook settings");
     assert_eq!(webhook.public_url, "https://hooks.example.com/alice");
     assert_eq!(
@@ -104,6 +105,7 @@ fn renders_the_tenant_and_its_connections() {
     assert_eq!(polling.api_base, "https://api.telegram.org");
     assert_eq!(polling.dm_policy, DmPolicy::Allowlist);
     assert_eq!(polling.allow_from, ["123456789"]);
+    assert_eq!(polling.max_pending_pairings, 3, "the gateway's default");
     assert_eq!(polling.allow_groups, ["-100200300"]);
 
     assert_eq!(

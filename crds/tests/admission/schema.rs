@@ -211,6 +211,8 @@ fn connection_required_fields_and_shapes() {
         ("/spec/telegram/allowFrom", json!(["@alice"])),
         ("/spec/telegram/allowGroups", json!(["group-1"])),
         ("/spec/telegram/apiBase", json!("api.telegram.org")),
+        ("/spec/telegram/maxPendingPairings", json!(0)),
+        ("/spec/telegram/maxPendingPairings", json!(1001)),
         ("/spec/displayName", json!("x".repeat(129))),
     ];
     for (path, value) in cases {
