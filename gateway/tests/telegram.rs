@@ -347,9 +347,9 @@ async fn an_unknown_sender_gets_a_pairing_code_and_is_let_in_once_approved() {
     let setup = Setup::new(Duration::ZERO).await;
     let config = setup.config("    dm_policy: pairing\n    max_pending_pairings: 1\n", "");
     let gateway = start(&config).await;
-    setup
-        .telegram
-        .user_sends(BOT, &ChatSpec::private(42), &ann(), "hello?");
+    for text in ["hello?", "anyone?"] {
+        (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), text);
+    }
     let sent = setup
         .telegram
         .wait_for_sent(BOT, 1, Duration::from_secs(10))
@@ -373,12 +373,13 @@ async fn an_unknown_sender_gets_a_pairing_code_and_is_let_in_once_approved() {
             .is_empty()
     );
 
-    // The one pending place is taken: a second stranger is ignored, and gets no code.
+    // The one pending place is taken: a second stranger is ignored, and gets no code. Ann
+    // got one code for her two messages.
     let bob = UserSpec::new(43, "Bob");
     (setup.telegram).user_sends(BOT, &ChatSpec::private(43), &bob, "me too?");
     eventually("the second stranger ignored", &gateway, async || {
-        let ignored = r#"gateway_channel_updates_total{connection="tg",outcome="ignored"} 1"#;
-        metrics(&gateway).await.contains(ignored).then_some(())
+        let full = r#"gateway_channel_updates_total{connection="tg",outcome="pairing_full"} 1"#;
+        metrics(&gateway).await.contains(full).then_some(())
     })
     .await;
     assert_eq!(setup.telegram.sent(BOT).len(), 1);

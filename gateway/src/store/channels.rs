@@ -44,8 +44,8 @@ pub struct PairingAsk {
 /// What to do about a sender who asked to pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PairingTicket {
-    /// Tell them this code (new, or a reminder of the one they have).
-    SendCode(String),
+    /// Tell them this code (new, or a reminder of the one they have), valid until `expires_at`.
+    SendCode { code: String, expires_at: Timestamp },
     /// They have a valid code and were told recently: stay quiet.
     Wait,
     /// Approved meanwhile: let the message in.
@@ -186,21 +186,23 @@ fn request_pairing(cx: &mut Ctx<'_>, ask: &PairingAsk) -> Result<PairingTicket, 
         Some((_, state, _, _)) if state == "denied" => return Ok(PairingTicket::Denied),
         Some((code, _, expires_at, sent_at)) if expires_at > cx.now => {
             let recently = sent_at.is_some_and(|at| cx.now - at < PAIRING_CODE_RESEND_MS);
-            return Ok(if recently {
-                PairingTicket::Wait
+            return if recently {
+                Ok(PairingTicket::Wait)
             } else {
-                PairingTicket::SendCode(code)
-            });
+                send_code(code, expires_at)
+            };
         }
         _ => {}
     }
-    let pending = cx.query_optional(
-        "SELECT count(*) FROM pairing_requests
-         WHERE connection = ? AND sender_id != ? AND state = 'pending' AND expires_at > ?",
-        params![ask.connection, ask.sender_id, cx.now],
-        |r| r.get::<_, i64>(0),
-    )?;
-    if pending.unwrap_or(0) >= i64::from(ask.max_pending) {
+    // The sender's own request, if any, has expired: it does not count.
+    let pending: i64 = cx
+        .conn
+        .prepare_cached(
+            "SELECT count(*) FROM pairing_requests
+             WHERE connection = ? AND state = 'pending' AND expires_at > ?",
+        )?
+        .query_row(params![ask.connection, cx.now], |r| r.get(0))?;
+    if pending >= i64::from(ask.max_pending) {
         return Ok(PairingTicket::Full);
     }
     let code = new_pairing_code();
@@ -223,7 +225,12 @@ fn request_pairing(cx: &mut Ctx<'_>, ask: &PairingAsk) -> Result<PairingTicket, 
             cx.now + PAIRING_CODE_TTL_MS,
         ],
     )?;
-    Ok(PairingTicket::SendCode(code))
+    send_code(code, cx.now + PAIRING_CODE_TTL_MS)
+}
+
+fn send_code(code: String, expires_at: i64) -> Result<PairingTicket, StoreError> {
+    let expires_at = from_ms(expires_at)?;
+    Ok(PairingTicket::SendCode { code, expires_at })
 }
 
 fn new_pairing_code() -> String {

@@ -20,7 +20,7 @@ mod types;
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,6 +28,7 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use jiff::Timestamp;
 use moltbot_protocol::event::{ConnectionState, ConversationKind, EventBody, Source};
 use moltbot_protocol::{Channel, Event};
 use subtle::ConstantTimeEq;
@@ -74,6 +75,31 @@ pub struct Telegram {
     pairing_sends: Arc<Mutex<HashSet<i64>>>,
 }
 
+/// A sender's place among the pairing codes on their way; given back when dropped, also
+/// should the send's task end early.
+struct PairingSend {
+    sending: Arc<Mutex<HashSet<i64>>>,
+    user: i64,
+}
+
+impl PairingSend {
+    /// None if the sender's code is on its way already, or [`MAX_PAIRING_SENDS`] are.
+    fn claim(sending: &Arc<Mutex<HashSet<i64>>>, user: i64) -> Option<Self> {
+        let mut claimed = sending.lock().unwrap_or_else(PoisonError::into_inner);
+        (claimed.len() < MAX_PAIRING_SENDS && claimed.insert(user)).then(|| Self {
+            sending: sending.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for PairingSend {
+    fn drop(&mut self) {
+        let mut claimed = self.sending.lock().unwrap_or_else(PoisonError::into_inner);
+        claimed.remove(&self.user);
+    }
+}
+
 /// Telegram's sending limits, and a pause every send waits out after a 429.
 struct Limits {
     global: DefaultDirectRateLimiter,
@@ -111,9 +137,13 @@ impl Limits {
         self.global.until_ready().await;
     }
 
-    /// After a 429 every send of the bot waits: Telegram's flood control is per bot.
-    fn pause(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+    /// After a 429 every send of the bot waits out its `retry_after`: Telegram's flood
+    /// control is per bot.
+    fn heed(&self, error: &ApiError) {
+        let ApiError::RateLimited { retry_after } = error else {
+            return;
+        };
+        let until = Instant::now() + *retry_after;
         let mut paused = self.paused_until.lock().expect("pause lock");
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -128,6 +158,8 @@ enum Admission {
     Ignore(&'static str),
     /// An unknown sender under DM policy `pairing`.
     Pair,
+    /// An unknown sender while the connection has as many pairing requests waiting as it may.
+    PairingFull,
 }
 
 fn admission(config: &TelegramConfig, sender: &Sender) -> Admission {
@@ -364,6 +396,10 @@ impl Telegram {
                     return self.skip(receipt, "ignored").await;
                 }
                 Admission::Pair => return self.skip(receipt, "pairing").await,
+                Admission::PairingFull => {
+                    tracing::debug!(connection = %self.name, update_id = update.update_id, "too many pairing requests waiting; a stranger is ignored");
+                    return self.skip(receipt, "pairing_full").await;
+                }
             }
         }
         // One update may hold several events; the receipt goes with the last, so a crash in
@@ -405,6 +441,11 @@ impl Telegram {
         if self.store.is_paired(&self.name, &sender_id).await? {
             return Ok(Admission::Admit);
         }
+        // Claimed before the store is asked, so that a message arriving while the code is
+        // on its way, or recorded as sent, never brings a second one.
+        let Some(claim) = PairingSend::claim(&self.pairing_sends, sender.user_id) else {
+            return Ok(Admission::Pair);
+        };
         let from = raw
             .get("message")
             .or_else(|| raw.get("edited_message"))
@@ -429,52 +470,46 @@ impl Telegram {
                 max_pending: self.config.max_pending_pairings,
             })
             .await?;
-        match ticket {
-            PairingTicket::Approved => return Ok(Admission::Admit),
-            PairingTicket::SendCode(code) => self.send_pairing_code(sender, &code),
-            PairingTicket::Full => {
-                return Ok(Admission::Ignore("too many pairing requests pending"));
+        Ok(match ticket {
+            PairingTicket::Approved => Admission::Admit,
+            PairingTicket::SendCode { code, expires_at } => {
+                self.send_pairing_code(sender.chat_id, &code, expires_at, claim);
+                Admission::Pair
             }
-            PairingTicket::Wait | PairingTicket::Denied => {}
-        }
-        Ok(Admission::Pair)
+            PairingTicket::Full => Admission::PairingFull,
+            PairingTicket::Wait | PairingTicket::Denied => Admission::Pair,
+        })
     }
 
     /// Sends a pairing code beside the updates, within the bot's limits like every send,
     /// so that a slow or rate-limited send never holds up the batch it came in. Best
     /// effort: until one is sent, each message from the sender brings the code again.
-    fn send_pairing_code(&self, sender: &Sender, code: &str) {
-        let user = sender.user_id;
-        {
-            let mut sending = self.pairing_sends.lock().expect("pairing sends lock");
-            if sending.len() >= MAX_PAIRING_SENDS || !sending.insert(user) {
-                return;
-            }
-        }
+    fn send_pairing_code(&self, chat: i64, code: &str, expires_at: Timestamp, claim: PairingSend) {
         let text = format!(
             "Hi! I only talk with people my owner has approved. Your pairing code is {code}. \
              Send it to my owner; the code is valid for one hour."
         );
         let (api, limits, store) = (self.api.clone(), self.limits.clone(), self.store.clone());
-        let (name, sending, chat) = (
-            self.name.clone(),
-            self.pairing_sends.clone(),
-            sender.chat_id,
-        );
+        let name = self.name.clone();
         tokio::spawn(async move {
             limits.until_ready(chat, ConversationKind::Dm).await;
+            // A long pause after a 429 may outlast the code; the next message brings a new one.
+            if Timestamp::now() >= expires_at {
+                return;
+            }
             let sent = api.send_message(chat, &text, None).await;
             match &sent {
                 Ok(_) => {
-                    if let Err(e) = store.pairing_code_sent(&name, &user.to_string()).await {
+                    let sender_id = claim.user.to_string();
+                    if let Err(e) = store.pairing_code_sent(&name, &sender_id).await {
                         tracing::warn!(connection = %name, error = %e, "cannot record a sent pairing code");
                     }
                 }
-                Err(ApiError::RateLimited { retry_after }) => limits.pause(*retry_after),
-                Err(_) => {}
+                Err(e) => limits.heed(e),
             }
-            // Recorded or paused first, so that the sender's next message finds either.
-            sending.lock().expect("pairing sends lock").remove(&user);
+            // Given back only once recorded or paused, so the sender's next message finds
+            // either.
+            drop(claim);
             if let Err(e) = sent {
                 tracing::warn!(connection = %name, error = %e, "cannot send a pairing code");
             }
@@ -581,9 +616,7 @@ impl Connector for Telegram {
                     }
                     // Someone else's message: ours, if sent, is further on.
                     Err(ApiError::BadRequest(d)) if d.contains("can't be edited") => break,
-                    Err(ApiError::RateLimited { retry_after }) => {
-                        self.limits.pause(retry_after);
-                    }
+                    Err(e @ ApiError::RateLimited { .. }) => self.limits.heed(&e),
                     Ok(_) => {
                         // Our own message with other text: it was changed, which the probe
                         // must never do; it cannot happen while a chat's sends are sequential.
@@ -640,14 +673,12 @@ impl Telegram {
 
     async fn send_error(&self, error: ApiError) -> SendError {
         let reason = error.to_string();
+        self.limits.heed(&error);
         match error {
-            ApiError::RateLimited { retry_after } => {
-                self.limits.pause(retry_after);
-                SendError::Retry {
-                    reason,
-                    retry_after: Some(retry_after),
-                }
-            }
+            ApiError::RateLimited { retry_after } => SendError::Retry {
+                reason,
+                retry_after: Some(retry_after),
+            },
             // The person must fix the token; the message waits (with backoff) until then.
             ApiError::Unauthorized => {
                 self.report_error(&error).await;
