@@ -24,7 +24,12 @@
 //!   is printed beside the gateway's, and then how busy the whole machine was over the
 //!   window, with the share the hypervisor gave to other machines (`steal` in
 //!   `/proc/stat`): in the slow spells steal was 1–3% in most runs and up to 11% in single
-//!   50 ms windows. With migrations 0007 and 0008 the p99 at 1,000/s was 17–40 ms in 20
+//!   50 ms windows. Last come the store's commits and syncs over the window, from the
+//!   gateway's `/metrics` (how many, their mean time, and the histogram bucket 99% of the
+//!   syncs fell within), which tell a slow disk from a slow CPU: in three runs of one hour,
+//!   p99 38 and 45 ms came with 7,500–9,100 commits of 0.48–0.59 ms and syncs of 1.1–1.2 ms
+//!   (99% within 6.4 ms), p99 96 ms with 5,400 commits of 0.83 ms and syncs of 1.6 ms (99%
+//!   within 12.8 ms), at the same CPU per reply. With migrations 0007 and 0008 the p99 at 1,000/s was 17–40 ms in 20
 //!   of 22 runs of a quiet hour (the other two: single stalls of 150–270 ms), 28.6–50.0 ms
 //!   in 13 of 15 runs of a quieter spell (fakes 0.34–0.39 cores), 50–77 ms in 7 of 10 of
 //!   a slower hour and 56–128 ms in all 7 of the slowest. In the quiet hour no commit took
@@ -86,6 +91,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::load::sum_metric;
 use common::{Gateway, cpu_time, write_config};
 use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig};
 use moltbot_fakes::telegram::{ChatSpec, FakeTelegram, FakeTelegramConfig, UserSpec};
@@ -133,6 +139,57 @@ fn host_cpu() -> (u64, u64, u64) {
         .collect();
     let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
     (ticks.iter().sum(), at(3) + at(4), at(7))
+}
+
+/// The store's commits and syncs so far, from the gateway's `/metrics`: how many, their
+/// total seconds, and the syncs' cumulative histogram buckets (upper bound, count).
+struct StoreTimes {
+    commits: (f64, f64),
+    syncs: (f64, f64),
+    sync_buckets: Vec<(f64, f64)>,
+}
+
+impl StoreTimes {
+    async fn read(gateway: &Gateway) -> StoreTimes {
+        let response = reqwest::get(gateway.url("/metrics")).await.unwrap();
+        let text = response.text().await.unwrap();
+        let pair = |name: &str| {
+            let metric = |part: &str| sum_metric(&text, &format!("{name}_{part}"));
+            (metric("count"), metric("sum"))
+        };
+        let sync_buckets = (text.lines())
+            .filter_map(|line| {
+                let rest = line.strip_prefix("gateway_store_sync_duration_seconds_bucket{le=\"")?;
+                let (bound, count) = rest.split_once("\"} ")?;
+                Some((
+                    bound.parse().unwrap_or(f64::INFINITY),
+                    count.trim().parse().ok()?,
+                ))
+            })
+            .collect();
+        StoreTimes {
+            commits: pair("gateway_store_commit_duration_seconds"),
+            syncs: pair("gateway_store_sync_duration_seconds"),
+            sync_buckets,
+        }
+    }
+
+    /// Commits and syncs since `before`: where a slow run's time went, the disk's syncs or
+    /// the CPU's commits.
+    fn since(&self, before: &StoreTimes) -> String {
+        let delta = |now: (f64, f64), then: (f64, f64)| (now.0 - then.0, now.1 - then.1);
+        let (commits, commit_secs) = delta(self.commits, before.commits);
+        let (syncs, sync_secs) = delta(self.syncs, before.syncs);
+        let p99 = (self.sync_buckets.iter().zip(&before.sync_buckets))
+            .find(|((_, now), (_, then))| now - then >= 0.99 * syncs)
+            .map_or(f64::INFINITY, |((bound, _), _)| *bound);
+        format!(
+            "store: {commits:.0} commits, {:.2} ms each; {syncs:.0} syncs, {:.2} ms each, 99% within {:.1} ms",
+            1e3 * commit_secs / commits.max(1.0),
+            1e3 * sync_secs / syncs.max(1.0),
+            1e3 * p99,
+        )
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -223,7 +280,9 @@ async fn replies(users: i64, period: Option<Duration>, warmup: Duration, window:
     let cpu_before = gateway.cpu_time();
     let bench_cpu_before = cpu_time(std::process::id());
     let host_before = host_cpu();
+    let store_before = StoreTimes::read(&gateway).await;
     tokio::time::sleep(window).await;
+    let store = StoreTimes::read(&gateway).await.since(&store_before);
     let elapsed = started.elapsed();
     let cpu = gateway.cpu_time() - cpu_before;
     let bench_cpu = cpu_time(std::process::id()) - bench_cpu_before;
@@ -258,7 +317,7 @@ async fn replies(users: i64, period: Option<Duration>, warmup: Duration, window:
     );
     let cost = format!(
         "gateway CPU: {:.2} ms per reply, {:.2} cores; the fakes and the people beside it: {:.2} cores\n  \
-         machine: {busy:.0}% busy, {steal:.1}% of it taken by the host (steal)",
+         machine: {busy:.0}% busy, {steal:.1}% of it taken by the host (steal)\n  {store}",
         cpu.as_secs_f64() * 1e3 / count.max(1) as f64,
         cpu.as_secs_f64() / elapsed.as_secs_f64(),
         bench_cpu.as_secs_f64() / elapsed.as_secs_f64()
