@@ -127,6 +127,20 @@ pub(crate) enum Write {
     Amend(amend::Amend),
 }
 
+impl Write {
+    /// Whether the write is on nobody's path: the record of a delivery's end, which a crash
+    /// turns into a reconciliation rather than a resend, and which only the conversation's
+    /// next outbound row waits for. Such a write may wait a moment to share another
+    /// group's commit. (Not the polling offset: the next poll waits for it.)
+    fn may_wait(&self) -> bool {
+        use outbox::OutboxWrite::{Changed, PartSent};
+        matches!(
+            self,
+            Write::Outbox(PartSent { last: true, .. } | Changed { .. })
+        )
+    }
+}
+
 /// What the writer answers for one [`Write`].
 #[derive(Debug)]
 pub(crate) enum Written {
@@ -269,6 +283,7 @@ impl Store {
             metrics,
             policy,
             max_batch: config.max_batch,
+            ride_along: write::RIDE_ALONG,
             ids: Generator::new(),
             indexed_up_to: write::last_message_seq(&conn)?,
             conn,

@@ -11,12 +11,14 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use moltbot_protocol::ids::ConversationId;
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use ulid::Generator;
 
@@ -28,6 +30,9 @@ use super::{
 use crate::bus::Bus;
 use crate::metrics::Metrics;
 use crate::tasks::News;
+
+/// How long a group of writes on nobody's path waits for one on somebody's.
+pub(super) const RIDE_ALONG: Duration = Duration::from_millis(5);
 
 /// What the writer's queue carries.
 pub(super) enum Command {
@@ -54,6 +59,8 @@ pub(super) struct Writer {
     /// Whether and how a new message queues an agent run; the config may change it at reload.
     pub(super) policy: watch::Receiver<agent::RunPolicy>,
     pub(super) max_batch: usize,
+    /// See [`RIDE_ALONG`].
+    pub(super) ride_along: Duration,
     pub(super) ids: Generator,
     /// Every committed message with `seq` up to this is in the full-text index.
     pub(super) indexed_up_to: i64,
@@ -66,17 +73,29 @@ impl Writer {
         let mut batch = Vec::with_capacity(self.max_batch);
         while let Some(first) = queue.blocking_recv() {
             let mut next = Some(first);
-            while let Some(command) = next.take() {
-                match command {
-                    Command::Write(job) => batch.push(job),
-                    // No transaction is open here: the read sees every committed group.
-                    Command::Read(read) => read(&self.conn),
-                    // What is already queued is still committed: the queue drains, then ends.
-                    Command::Stop => queue.close(),
+            loop {
+                while let Some(command) = next.take() {
+                    match command {
+                        Command::Write(job) => batch.push(job),
+                        // No transaction is open here: the read sees every committed group.
+                        Command::Read(read) => read(&self.conn),
+                        // What is already queued is still committed: the queue drains, then ends.
+                        Command::Stop => queue.close(),
+                    }
+                    if batch.len() < self.max_batch {
+                        next = queue.try_recv().ok();
+                    }
                 }
-                if batch.len() < self.max_batch {
-                    next = queue.try_recv().ok();
+                // Writes on nobody's path wait a moment for one on somebody's, to share its
+                // commit: fewer commits, and fewer pages written twice.
+                let may_wait = batch.iter().all(|job| job.write.may_wait());
+                if batch.is_empty() || batch.len() >= self.max_batch || !may_wait {
+                    break;
                 }
+                next = match Handle::current().block_on(timeout(self.ride_along, queue.recv())) {
+                    Ok(Some(command)) => Some(command),
+                    Ok(None) | Err(_) => break,
+                };
             }
             if !batch.is_empty() {
                 self.commit_group(&mut batch);
@@ -387,36 +406,9 @@ mod tests {
             require_mention_in_groups: true,
         })
         .1;
-        let metrics = Arc::new(Metrics::new());
         let bus = Bus::new(4);
-        // A store to create and migrate the database; its writer stands down for ours.
-        let (_, handle) = Store::open(
-            dir.path(),
-            &StoreConfig::default(),
-            bus.clone(),
-            metrics.clone(),
-            policy.clone(),
-        )
-        .await
-        .unwrap();
-        handle.finish().await;
-        let conn = open_writer(&dir.path().join(DB_FILE)).unwrap();
-        // Nobody syncs: committed groups stay here.
-        let (committed, unsynced) = std::sync::mpsc::sync_channel(4);
         let runs_ready = Arc::new(News::default());
-        let mut writer = Writer {
-            indexed_up_to: last_message_seq(&conn).unwrap(),
-            conn,
-            committed,
-            sync_failed: CancellationToken::new(),
-            handed: Arc::default(),
-            metrics,
-            runs_ready: runs_ready.clone(),
-            bus: bus.clone(),
-            policy,
-            max_batch: 8,
-            ids: Generator::new(),
-        };
+        let (mut writer, unsynced) = unsynced_writer(dir.path(), policy, &bus, &runs_ready).await;
         let mut ingest = |chat: &str| {
             let (reply, answer) = oneshot::channel();
             let write = Write::Inbox(inbox::InboxWrite::Ingest {
@@ -450,5 +442,85 @@ mod tests {
             "a watched run waits for its message's frames"
         );
         assert_eq!(group.wake.agent, [conversation], "the syncer posts it");
+    }
+
+    /// Writes on nobody's path (here a delivery's record) wait for one on somebody's and
+    /// commit with it; a stop commits them at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_on_nobodys_path_share_the_next_groups_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = watch::channel(agent::RunPolicy {
+            enabled: false,
+            default_mode: AgentMode::Off,
+            require_mention_in_groups: true,
+        })
+        .1;
+        let runs_ready = Arc::new(News::default());
+        let (mut writer, unsynced) =
+            unsynced_writer(dir.path(), policy, &Bus::new(4), &runs_ready).await;
+        // Long enough that only another write or the stop can end the wait.
+        writer.ride_along = Duration::from_secs(3600);
+        let (queue, commands) = mpsc::channel(8);
+        let running = tokio::task::spawn_blocking(move || writer.run(commands));
+        let write = |write: Write| {
+            let (reply, _answer) = oneshot::channel();
+            Command::Write(Job { write, reply })
+        };
+        // The record of a change that reached the provider (of a row that is not there).
+        let delivered = || {
+            let row = ulid::Ulid::new();
+            write(Write::Outbox(outbox::OutboxWrite::Changed { row }))
+        };
+        let group_of = |unsynced: &std::sync::mpsc::Receiver<Committed>| {
+            let group = unsynced.recv_timeout(Duration::from_secs(10)).unwrap();
+            group.answers.len()
+        };
+
+        queue.send(delivered()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(unsynced.try_recv().is_err(), "the record waits for company");
+        let message = inbox::InboxWrite::Ingest {
+            event: Box::new(test_message("ann")),
+            receipt: None,
+        };
+        queue.send(write(Write::Inbox(message))).await.unwrap();
+        assert_eq!(group_of(&unsynced), 2, "one commit for both");
+
+        queue.send(delivered()).await.unwrap();
+        queue.send(Command::Stop).await.unwrap();
+        assert_eq!(group_of(&unsynced), 1, "the stop does not wait");
+        running.await.unwrap();
+    }
+
+    /// A writer on a migrated database in `dir`, whose committed groups nobody syncs: they
+    /// stay in the receiver.
+    async fn unsynced_writer(
+        dir: &std::path::Path,
+        policy: watch::Receiver<agent::RunPolicy>,
+        bus: &Bus,
+        runs_ready: &Arc<News>,
+    ) -> (Writer, std::sync::mpsc::Receiver<Committed>) {
+        let metrics = Arc::new(Metrics::new());
+        // A store to create and migrate the database; its writer stands down for ours.
+        let config = StoreConfig::default();
+        let opened = Store::open(dir, &config, bus.clone(), metrics.clone(), policy.clone());
+        opened.await.unwrap().1.finish().await;
+        let conn = open_writer(&dir.join(DB_FILE)).unwrap();
+        let (committed, unsynced) = std::sync::mpsc::sync_channel(4);
+        let writer = Writer {
+            indexed_up_to: last_message_seq(&conn).unwrap(),
+            conn,
+            committed,
+            sync_failed: CancellationToken::new(),
+            handed: Arc::default(),
+            metrics,
+            runs_ready: runs_ready.clone(),
+            bus: bus.clone(),
+            policy,
+            max_batch: 8,
+            ride_along: RIDE_ALONG,
+            ids: Generator::new(),
+        };
+        (writer, unsynced)
     }
 }
