@@ -29,11 +29,12 @@
 //!   syncs fell within), which tell a slow disk from a slow CPU: in three runs of one hour,
 //!   p99 38 and 45 ms came with 7,500–9,100 commits of 0.48–0.59 ms and syncs of 1.1–1.2 ms
 //!   (99% within 6.4 ms), p99 96 ms with 5,400 commits of 0.83 ms and syncs of 1.6 ms (99%
-//!   within 12.8 ms), at the same CPU per reply. With migrations 0007 and 0008 the p99 at 1,000/s was 17–40 ms in 20
-//!   of 22 runs of a quiet hour (the other two: single stalls of 150–270 ms), 28.6–50.0 ms
-//!   in 13 of 15 runs of a quieter spell (fakes 0.34–0.39 cores), 50–77 ms in 7 of 10 of
-//!   a slower hour and 56–128 ms in all 7 of the slowest. In the quiet hour no commit took
-//!   longer than 12.8 ms and no sync longer than 25.6 ms (`/metrics` histograms).
+//!   within 12.8 ms), at the same CPU per reply. With migrations 0007 and 0008 the p99 at
+//!   1,000/s was 17–40 ms in 20 of 22 runs of a quiet hour (the other two: single stalls of
+//!   150–270 ms), 28.6–50.0 ms in 13 of 15 runs of an earlier spell (fakes 0.34–0.39
+//!   cores), 50–77 ms in 7 of 10 of a slower hour and 56–128 ms in all 7 of the slowest. In
+//!   the quiet hour no commit took longer than 12.8 ms and no sync longer than 25.6 ms
+//!   (`/metrics` histograms).
 //!
 //!   Where the time goes: the poll cycle (a poll moves its offset only once the updates it
 //!   brought are durable); the commit of the update with its queued run, from which the
