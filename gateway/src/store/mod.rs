@@ -850,6 +850,38 @@ mod tests {
         writer.finish().await;
     }
 
+    /// The sender's two queries use `outbox_due`, which since migration 0009 holds only the
+    /// rows still to deliver: a condition that stopped matching the index's would make them
+    /// read every row ever sent instead.
+    #[tokio::test]
+    async fn the_senders_queries_use_the_partial_index_of_rows_to_deliver() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, writer) = open(dir.path()).await;
+        writer.finish().await;
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let partial: bool = conn
+            .query_row(
+                "SELECT partial FROM pragma_index_list('outbox') WHERE name = 'outbox_due'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(partial);
+        for query in [outbox::DUE_ROWS, outbox::NEXT_RETRY] {
+            let mut plan = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+                .unwrap();
+            let nulls = vec![rusqlite::types::Value::Null; plan.parameter_count()];
+            let steps: Vec<String> = plan
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let uses_it = |step: &String| step.contains("INDEX outbox_due ");
+            assert!(steps.iter().any(uses_it), "{query}\n{steps:#?}");
+        }
+    }
+
     /// At most `max_pending` requests of a connection wait for the tenant at once; waiting
     /// senders are still reminded of their code, and a decision frees a place.
     #[tokio::test]

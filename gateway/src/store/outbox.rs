@@ -57,6 +57,34 @@ pub(crate) enum OutboxWrite {
     },
 }
 
+/// [`Store::due_outbox`]'s query. Its `state` condition is the one `outbox_due` is
+/// limited to (migration 0009), which lets it use that index.
+pub(super) const DUE_ROWS: &str = "
+    SELECT o.id, o.message_id, o.kind, o.argument, o.conversation_id, o.connection,
+           c.provider_id AS chat, c.kind AS conversation_kind, m.text, m.reply_to,
+           o.state, o.attempts, o.parts_sent, o.attempt_hint,
+           CASE WHEN o.kind = 'send' THEN '[]'
+                ELSE coalesce((SELECT s.provider_message_ids FROM outbox s
+                               WHERE s.id = o.message_id AND s.kind = 'send'),
+                              json_array(m.provider_message_id)) END AS targets,
+           EXISTS (SELECT 1 FROM outbox n
+                   WHERE n.conversation_id = o.conversation_id AND n.state IN ('queued', 'sending')
+                     AND n.id > o.id) AS more
+    FROM outbox o
+    JOIN messages m ON m.id = o.message_id
+    JOIN conversations c ON c.id = o.conversation_id
+    WHERE o.state IN ('queued', 'sending') AND o.next_attempt_at <= ?
+      AND o.conversation_id NOT IN (SELECT value FROM json_each(?))
+      AND NOT EXISTS (SELECT 1 FROM outbox p
+                      WHERE p.conversation_id = o.conversation_id AND p.state IN ('queued', 'sending')
+                        AND p.id < o.id)
+    ORDER BY o.next_attempt_at, o.id LIMIT ?";
+
+/// [`Store::next_outbox_retry`]'s query, under the same condition.
+pub(super) const NEXT_RETRY: &str = "
+    SELECT min(next_attempt_at) FROM outbox
+    WHERE state IN ('queued', 'sending') AND next_attempt_at > ?";
+
 /// What an outbox row asks the connector to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -483,44 +511,21 @@ impl Store {
         limit: usize,
         busy: &HashSet<ConversationId>,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT o.id, o.message_id, o.kind, o.argument, o.conversation_id, o.connection,
-                    c.provider_id AS chat, c.kind AS conversation_kind, m.text, m.reply_to,
-                    o.state, o.attempts, o.parts_sent, o.attempt_hint,
-                    CASE WHEN o.kind = 'send' THEN '[]'
-                         ELSE coalesce((SELECT s.provider_message_ids FROM outbox s
-                                        WHERE s.id = o.message_id AND s.kind = 'send'),
-                                       json_array(m.provider_message_id)) END AS targets,
-                    EXISTS (SELECT 1 FROM outbox n
-                            WHERE n.conversation_id = o.conversation_id AND n.state IN ('queued', 'sending')
-                              AND n.id > o.id) AS more
-             FROM outbox o
-             JOIN messages m ON m.id = o.message_id
-             JOIN conversations c ON c.id = o.conversation_id
-             WHERE o.state IN ('queued', 'sending') AND o.next_attempt_at <= ?
-               AND o.conversation_id NOT IN (SELECT value FROM json_each(?))
-               AND NOT EXISTS (SELECT 1 FROM outbox p
-                               WHERE p.conversation_id = o.conversation_id AND p.state IN ('queued', 'sending')
-                                 AND p.id < o.id)
-             ORDER BY o.next_attempt_at, o.id LIMIT ?",
-        )
-        .bind(ms(Timestamp::now()))
-        .bind(super::id_list(busy))
-        .bind(limit as i64)
-        .fetch_all(&self.reads)
-        .await?;
+        let rows: Vec<OutboxRow> = sqlx::query_as(DUE_ROWS)
+            .bind(ms(Timestamp::now()))
+            .bind(super::id_list(busy))
+            .bind(limit as i64)
+            .fetch_all(&self.reads)
+            .await?;
         rows.into_iter().map(OutboxRow::into_item).collect()
     }
 
     /// When the next undelivered row waiting for a retry after `now` comes due, if any.
     pub async fn next_outbox_retry(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM outbox
-             WHERE state IN ('queued', 'sending') AND next_attempt_at > ?",
-        )
-        .bind(ms(now))
-        .fetch_one(&self.reads)
-        .await?;
+        let at: Option<i64> = sqlx::query_scalar(NEXT_RETRY)
+            .bind(ms(now))
+            .fetch_one(&self.reads)
+            .await?;
         at.map(super::from_ms).transpose()
     }
 
