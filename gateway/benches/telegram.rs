@@ -75,7 +75,9 @@
 //!   in 10 of 12 interleaved pairs). The record of a delivery's end (its last part sent, or
 //!   a change made), which is on nobody's path, waits up to 5 ms to share the next group's
 //!   commit: 15–35% fewer commits in most runs and CPU per reply lower in 6 of 7 interleaved
-//!   pairs (by 1–7%), the p99 within the noise (better in 4 of 7). Running the checkpointer
+//!   pairs (by 1–7%), the p99 within the noise (better in 4 of 7). With it and the partial
+//!   `outbox_due` (migration 0009) the p99 was 25–44 ms in 9 of 10 runs of a quiet hour
+//!   (the tenth 53 ms) and lower than before both in 3 of 3 pairs. Running the checkpointer
 //!   at nice 10 took about a third off the p99 at 1,000/s (9 of 11 pairs) but is not done:
 //!   flat out it then fell behind and the WAL grew from 21 to 41 MiB in 8 s, where it stays
 //!   at 20 MiB; bounded (past 4,000 frames the writer waits for the checkpoint lock and
