@@ -1152,11 +1152,6 @@ type ContextRow = (
 /// The target's trigger and tokens, and the context, of a decoded [`ContextRow`].
 type TargetContext = (Option<String>, Option<i64>, RunContext);
 
-/// Reads a conversation's context in one statement made by [`context_sql`], on the
-/// writer's connection (see `Store::read_on_writer`); the caller decodes it with
-/// [`decode_context`], off the writer's thread. The newest messages are found by id,
-/// which the writer assigns in order, so the conversation's index yields them without
-/// sorting its whole history.
 /// Which runs' restarts count: see [`Store::count_restart`].
 #[derive(Debug, Default)]
 pub(super) struct Restarts {
@@ -1178,6 +1173,11 @@ impl Restarts {
     }
 }
 
+/// Reads a conversation's context in one statement made by [`context_sql`], on the
+/// writer's connection (see `Store::read_on_writer`); the caller decodes it with
+/// [`decode_context`], off the writer's thread. The newest messages are found by id,
+/// which the writer assigns in order, so the conversation's index yields them without
+/// sorting its whole history.
 fn read_context(
     conn: &rusqlite::Connection,
     sql: &'static str,

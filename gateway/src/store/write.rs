@@ -400,15 +400,10 @@ mod tests {
     #[tokio::test]
     async fn a_queued_run_is_news_at_its_commit_unless_someone_watches() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = watch::channel(agent::RunPolicy {
-            enabled: true,
-            default_mode: AgentMode::Autopilot,
-            require_mention_in_groups: true,
-        })
-        .1;
         let bus = Bus::new(4);
         let runs_ready = Arc::new(News::default());
-        let (mut writer, unsynced) = unsynced_writer(dir.path(), policy, &bus, &runs_ready).await;
+        let (mut writer, unsynced) =
+            unsynced_writer(dir.path(), AgentMode::Autopilot, &bus, &runs_ready).await;
         let mut ingest = |chat: &str| {
             let (reply, answer) = oneshot::channel();
             let write = Write::Inbox(inbox::InboxWrite::Ingest {
@@ -449,15 +444,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_on_nobodys_path_share_the_next_groups_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let policy = watch::channel(agent::RunPolicy {
-            enabled: false,
-            default_mode: AgentMode::Off,
-            require_mention_in_groups: true,
-        })
-        .1;
         let runs_ready = Arc::new(News::default());
         let (mut writer, unsynced) =
-            unsynced_writer(dir.path(), policy, &Bus::new(4), &runs_ready).await;
+            unsynced_writer(dir.path(), AgentMode::Off, &Bus::new(4), &runs_ready).await;
         // Long enough that only another write or the stop can end the wait.
         writer.ride_along = Duration::from_secs(3600);
         let (queue, commands) = mpsc::channel(8);
@@ -492,14 +481,21 @@ mod tests {
         running.await.unwrap();
     }
 
-    /// A writer on a migrated database in `dir`, whose committed groups nobody syncs: they
-    /// stay in the receiver.
+    /// A writer on a migrated database in `dir`, whose new messages queue agent runs in
+    /// `mode` (none when off) and whose committed groups nobody syncs: they stay in the
+    /// receiver.
     async fn unsynced_writer(
         dir: &std::path::Path,
-        policy: watch::Receiver<agent::RunPolicy>,
+        mode: AgentMode,
         bus: &Bus,
         runs_ready: &Arc<News>,
     ) -> (Writer, std::sync::mpsc::Receiver<Committed>) {
+        let policy = watch::channel(agent::RunPolicy {
+            enabled: mode != AgentMode::Off,
+            default_mode: mode,
+            require_mention_in_groups: true,
+        })
+        .1;
         let metrics = Arc::new(Metrics::new());
         // A store to create and migrate the database; its writer stands down for ours.
         let config = StoreConfig::default();
