@@ -42,8 +42,18 @@ impl Setup {
     /// A gateway config: one Telegram connection (`connection` YAML is appended to it) and
     /// the agent (`agent` YAML is appended to its section).
     fn config(&self, connection: &str, agent: &str) -> std::path::PathBuf {
+        self.config_timed("500ms", connection, agent)
+    }
+
+    /// [`Setup::config`] with the Bot API requests' timeout.
+    fn config_timed(
+        &self,
+        request_timeout: &str,
+        connection: &str,
+        agent: &str,
+    ) -> std::path::PathBuf {
         let yaml = format!(
-            "connections:\n  - type: telegram\n    name: tg\n    token: \"{BOT}\"\n    api_base: {}\n    poll_timeout: 1s\n    request_timeout: 500ms\n{connection}\
+            "connections:\n  - type: telegram\n    name: tg\n    token: \"{BOT}\"\n    api_base: {}\n    poll_timeout: 1s\n    request_timeout: {request_timeout}\n{connection}\
              agent:\n  default_mode: autopilot\n  model:\n    base_url: {}\n    model: fake-pi\n    timeout: 5s\n    max_retries: 0\n{agent}",
             self.telegram.base_url(),
             self.model.base_url(),
@@ -444,6 +454,46 @@ async fn a_pairing_code_waits_out_a_429_like_every_send() {
     let requests = get(&gateway, "/v1/pairing").await;
     let code = requests[0]["code"].as_str().unwrap();
     assert!(sent[0].text.contains(code), "{}", sent[0].text);
+}
+
+/// A pairing code whose send hangs holds up no one: polling goes on, and a known sender
+/// who writes while the code is on its way is answered. The code's send may wait up to
+/// `request_timeout` (a minute here), far beyond the 10 s this waits for the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hanging_pairing_code_holds_up_no_one() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config_timed(
+        "60s",
+        "    dm_policy: pairing\n    allow_from: [\"42\"]\n",
+        "",
+    );
+    let gateway = start(&config).await;
+    let hang = Failure::Stall {
+        after_apply: false,
+        duration: Duration::from_secs(60),
+    };
+    setup.telegram.fail_next(BOT, "sendMessage", hang);
+    let bob = UserSpec::new(43, "Bob");
+    (setup.telegram).user_sends(BOT, &ChatSpec::private(43), &bob, "hello?");
+    eventually("the code's send to hang", &gateway, async || {
+        let calls = setup.telegram.calls(BOT);
+        let code = calls.iter().find(|call| call.method == "sendMessage")?;
+        Some(assert_eq!(code.params["chat_id"], 43))
+    })
+    .await;
+
+    setup.model.enqueue(Reply::Text("Hi Ann".into()));
+    (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!((sent[0].chat_id, sent[0].text.as_str()), (42, "Hi Ann"));
+    assert!(
+        setup.telegram.sent_to(BOT, 43).is_empty(),
+        "the code is still on its way"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
