@@ -4,6 +4,7 @@
 //! and namespace RBAC covers both. Credentials are only ever Secret references.
 
 use kube::{CustomResource, KubeSchema};
+use moltbot_protocol::config::MAX_PENDING_PAIRINGS;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +160,7 @@ pub struct TelegramSettings {
 
     /// Pairing requests that may wait for the tenant at once under dmPolicy pairing; further unknown senders are ignored until one is approved, denied or expires (1 hour). Unset: 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = *MAX_PENDING_PAIRINGS.start(), max = *MAX_PENDING_PAIRINGS.end()))]
     pub max_pending_pairings: Option<u32>,
 
     /// Telegram user ids always allowed in direct messages (and the only ones under allowlist).

@@ -6,6 +6,7 @@ use std::path::Path;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use moltbot_crds::{API_GROUP, API_VERSION, Connection, Tenant, crd_files};
+use moltbot_protocol::config::{DEFAULT_MAX_PENDING_PAIRINGS, MAX_PENDING_PAIRINGS};
 use serde_json::Value;
 
 #[test]
@@ -59,6 +60,21 @@ fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
     {
         undocumented(items, &format!("{path}[]"), out);
     }
+}
+
+/// The CRD says which value the gateway takes when a key is unset, in words; this keeps
+/// the words in step with the gateway's default.
+#[test]
+fn documented_defaults_are_the_gateways() {
+    let crd = serde_json::to_value(Connection::crd()).expect("serializes");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let max = &spec["properties"]["telegram"]["properties"]["maxPendingPairings"];
+    let description = max["description"].as_str().expect("documented");
+    let unset = format!("Unset: {DEFAULT_MAX_PENDING_PAIRINGS}.");
+    assert!(description.ends_with(&unset), "{description}");
+    let bound = |key: &str| max[key].as_f64().expect("a number");
+    assert_eq!(bound("minimum"), f64::from(*MAX_PENDING_PAIRINGS.start()));
+    assert_eq!(bound("maximum"), f64::from(*MAX_PENDING_PAIRINGS.end()));
 }
 
 #[test]

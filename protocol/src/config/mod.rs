@@ -38,6 +38,12 @@ pub const WEBCHAT_CONNECTION: &str = "webchat";
 /// Prefix of environment overrides: `MOLTBOT_GATEWAY__LIMITS__MAX_BODY_BYTES=2097152`.
 pub const ENV_OVERRIDE_PREFIX: &str = "MOLTBOT_GATEWAY__";
 
+/// `max_pending_pairings` when unset: as in OpenClaw, a flood of strangers gets three
+/// codes, not one each. The Connection CRD documents it.
+pub const DEFAULT_MAX_PENDING_PAIRINGS: u32 = 3;
+/// The values `max_pending_pairings` may take; the Connection CRD's schema admits the same.
+pub const MAX_PENDING_PAIRINGS: std::ops::RangeInclusive<u32> = 1..=1000;
+
 /// Why a config file was refused, or a config could not be rendered.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -640,9 +646,8 @@ fn default_poll_timeout() -> Duration {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
 }
-/// As OpenClaw: a flood of strangers gets three codes, not one each.
 fn default_max_pending_pairings() -> u32 {
-    3
+    DEFAULT_MAX_PENDING_PAIRINGS
 }
 fn default_webhook_connections() -> u32 {
     40

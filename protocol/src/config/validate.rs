@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::{
-    AgentConfig, Config, ConfigError, ConnectionConfig, TelegramConfig, TelegramMode,
-    WEBCHAT_CONNECTION,
+    AgentConfig, Config, ConfigError, ConnectionConfig, MAX_PENDING_PAIRINGS, TelegramConfig,
+    TelegramMode, WEBCHAT_CONNECTION,
 };
 
 impl Config {
@@ -175,8 +175,8 @@ impl TelegramConfig {
         check_range(
             &format!("{key}.max_pending_pairings"),
             self.max_pending_pairings,
-            1,
-            1000,
+            *MAX_PENDING_PAIRINGS.start(),
+            *MAX_PENDING_PAIRINGS.end(),
         )?;
         for (field, ids) in [
             ("allow_from", &self.allow_from),
