@@ -576,6 +576,83 @@ async fn a_reply_that_arrived_just_before_a_kill_is_not_sent_again() {
     );
 }
 
+/// After a restart, an update redelivered because its offset was lost brings an id from
+/// before Pi's reply. A message the tenant then sends from the inbox is refused once, then
+/// reaches Telegram but its answer stalls: the probe must start past Pi's reply, which it
+/// would otherwise edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redelivered_update_does_not_send_a_probe_back_over_earlier_replies() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: open\n", "");
+    let mut gateway = start(&config).await;
+    setup.model.enqueue(Reply::Text("It is noon.".into()));
+    let asked = (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), "what time?");
+    let pi_said = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(pi_said.len(), 1, "{}", gateway.log_text());
+    let conversation = eventually("the conversation", &gateway, async || {
+        let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+        list["items"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
+    gateway.signal(libc::SIGTERM);
+    gateway.wait(Duration::from_secs(10));
+
+    let restarted = start(&config).await;
+    // The fake confirms updates by offset, so the lost offset is played by queueing Ann's
+    // message again under a new update id.
+    setup
+        .telegram
+        .push_raw_update(BOT, json!({ "message": asked }));
+    eventually("the update redelivered", &restarted, async || {
+        let duplicate = r#"gateway_channel_updates_total{connection="tg",outcome="duplicate"} 1"#;
+        metrics(&restarted).await.contains(duplicate).then_some(())
+    })
+    .await;
+
+    // The first attempt, handed over with the message, starts from the stored ids; a retry
+    // starts from what the connection saw.
+    let refused = Failure::TooManyRequests { retry_after: 1 };
+    setup.telegram.fail_next(BOT, "sendMessage", refused);
+    let unanswered = Failure::Stall {
+        after_apply: true,
+        duration: Duration::from_secs(3),
+    };
+    setup.telegram.fail_next(BOT, "sendMessage", unanswered);
+    let (status, _) = request(
+        &restarted,
+        reqwest::Method::PUT,
+        &format!("/v1/conversations/{conversation}/send/inbox"),
+        Some(json!({"text": "From the inbox"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent = eventually("the inbox message marked sent", &restarted, async || {
+        let page = get(
+            &restarted,
+            &format!("/v1/conversations/{conversation}/messages"),
+        )
+        .await;
+        let items = page["items"].as_array().unwrap().clone();
+        let ours = items.into_iter().find(|m| m["text"] == "From the inbox")?;
+        (ours["status"] == "sent").then_some(ours)
+    })
+    .await;
+    let at_telegram = setup.telegram.sent(BOT);
+    assert_eq!(at_telegram.len(), 2, "delivered once: {at_telegram:?}");
+    assert_eq!(
+        sent["provider_message_id"],
+        at_telegram[1].message_id.to_string()
+    );
+    assert!(
+        at_telegram.iter().all(|m| !m.edited),
+        "the probe edited a reply: {at_telegram:?}\n{}",
+        restarted.log_text()
+    );
+}
+
 /// Ann writes; Pi's reply reaches Telegram, whose answer to `sendMessage` then stalls for
 /// `stall`: the ambiguous timeout.
 fn reply_arrives_unanswered(setup: &Setup, stall: Duration) {

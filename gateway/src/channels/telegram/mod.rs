@@ -70,9 +70,19 @@ pub struct Telegram {
     /// Shared with the pairing codes on their way.
     limits: Arc<Limits>,
     /// The highest message id seen per chat since start, for reconciliation hints.
-    last_ids: Mutex<HashMap<i64, i64>>,
+    last_ids: Mutex<HashMap<i64, LastId>>,
     /// The senders whose pairing code is on its way.
     pairing_sends: Arc<Mutex<HashSet<i64>>>,
+}
+
+/// The highest message id seen in a chat since start. It is the chat's highest only once
+/// merged with the store's (`settled`): after a restart, an update redelivered because its
+/// offset was lost carries an id below the replies sent before the restart, and a probe
+/// from there would edit those replies.
+#[derive(Clone, Copy)]
+struct LastId {
+    id: i64,
+    settled: bool,
 }
 
 /// A sender's place among the pairing codes on their way; given back when dropped, also
@@ -531,9 +541,16 @@ impl Telegram {
     }
 
     fn note_id(&self, chat: i64, id: i64) {
+        self.merge_id(chat, id, false);
+    }
+
+    /// Raises the chat's last id to `id`, settled from now on if `settles`; answers it.
+    fn merge_id(&self, chat: i64, id: i64, settles: bool) -> i64 {
         let mut last = self.last_ids.lock().expect("ids lock");
-        let entry = last.entry(chat).or_insert(id);
-        *entry = (*entry).max(id);
+        let entry = last.entry(chat).or_insert(LastId { id, settled: false });
+        entry.id = entry.id.max(id);
+        entry.settled |= settles;
+        entry.id
     }
 }
 
@@ -583,10 +600,15 @@ impl Connector for Telegram {
     async fn attempt_hint(&self, part: &OutgoingPart<'_>) -> Option<String> {
         let chat = part.chat.parse::<i64>().ok()?;
         let known = self.last_ids.lock().expect("ids lock").get(&chat).copied();
-        match known {
-            Some(id) => Some(id.to_string()),
-            None => self.stored_hint(part, true).await,
+        if let Some(LastId { id, settled: true }) = known {
+            return Some(id.to_string());
         }
+        // Once per chat after a start: what this process saw may lag behind the store.
+        let id = match self.stored_last_id(part, true).await {
+            Some(stored) => self.merge_id(chat, stored, true),
+            None => known?.id,
+        };
+        Some(id.to_string())
     }
 
     async fn reconcile(&self, part: &OutgoingPart<'_>, hint: Option<&str>) -> Reconciled {
@@ -594,7 +616,10 @@ impl Connector for Telegram {
             Some(hint) => Some(hint.to_owned()),
             // Recorded with no attempt (a handed send's first): what came after the message
             // may be numbered after it.
-            None => self.stored_hint(part, false).await,
+            None => self
+                .stored_last_id(part, false)
+                .await
+                .map(|id| id.to_string()),
         };
         let (Ok(chat), Some(Ok(last_known))) = (
             part.chat.parse::<i64>(),
@@ -661,9 +686,9 @@ impl Connector for Telegram {
 impl Telegram {
     /// Where the chat's numbering stood for the part's message, from the store; see
     /// [`Store::last_provider_id`].
-    async fn stored_hint(&self, part: &OutgoingPart<'_>, whole_chat: bool) -> Option<String> {
+    async fn stored_last_id(&self, part: &OutgoingPart<'_>, whole_chat: bool) -> Option<i64> {
         match self.store.last_provider_id(part.message, whole_chat).await {
-            Ok(id) => id.map(|id| id.to_string()),
+            Ok(id) => id,
             Err(e) => {
                 tracing::warn!(connection = %self.name, error = %e, "cannot read where the chat's message ids stood");
                 None
