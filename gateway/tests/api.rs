@@ -5,8 +5,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::stream::{Socket, bearer_header, connect, next_frame};
 use common::{Gateway, TOKEN, webchat_body, write_config};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use moltbot_protocol::inbox::{
     ApiError, ConversationView, DeliveryStatus, Direction, ErrorCode, Ingested, MessageView, Page,
     ReactionView, SearchHit, ServerFrame,
@@ -828,47 +829,6 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     );
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(
-    api: &Api,
-    query: &str,
-    auth: impl FnOnce(&mut tungstenite::handshake::client::Request),
-) -> Socket {
-    let mut request = format!("ws://{}/v1/stream{query}", api.gateway.addr)
-        .into_client_request()
-        .unwrap();
-    auth(&mut request);
-    let (socket, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("stream opens");
-    assert_eq!(response.headers()["sec-websocket-protocol"], "moltbot.v1");
-    socket
-}
-
-async fn next_frame(socket: &mut Socket) -> ServerFrame {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
-            .await
-            .expect("a frame within 5 s")
-            .expect("stream open")
-            .expect("no error");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
-}
-
-fn bearer_header(request: &mut tungstenite::handshake::client::Request) {
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "moltbot.v1".parse().unwrap());
-}
-
 #[tokio::test]
 async fn stream_delivers_committed_changes_to_subscribers() {
     let api = Api::start();
@@ -876,14 +836,18 @@ async fn stream_delivers_committed_changes_to_subscribers() {
     let watched = first.conversation_id.unwrap();
 
     // A browser cannot set headers: it sends the token as a subprotocol.
-    let mut one = connect(&api, &format!("?conversation_id={watched}"), |r| {
-        r.headers_mut().insert(
-            "sec-websocket-protocol",
-            format!("moltbot.v1, bearer.{TOKEN}").parse().unwrap(),
-        );
-    })
+    let mut one = connect(
+        api.gateway.addr,
+        &format!("?conversation_id={watched}"),
+        |r| {
+            r.headers_mut().insert(
+                "sec-websocket-protocol",
+                format!("moltbot.v1, bearer.{TOKEN}").parse().unwrap(),
+            );
+        },
+    )
     .await;
-    let mut tenant = connect(&api, "", bearer_header).await;
+    let mut tenant = connect(api.gateway.addr, "", bearer_header).await;
     let ServerFrame::Subscriptions(subs) = next_frame(&mut one).await else {
         panic!("subscriptions first")
     };
@@ -1011,7 +975,7 @@ fn reaction(emoji: &str, count: u32, mine: bool) -> ReactionView {
 #[tokio::test]
 async fn messages_sent_here_can_be_edited_deleted_and_reacted_to() {
     let api = Api::start();
-    let mut stream = connect(&api, "", bearer_header).await;
+    let mut stream = connect(api.gateway.addr, "", bearer_header).await;
     let (_, asked) = api.webchat("s1", "m1", "what time is it").await;
     let conversation = asked.conversation_id.unwrap();
     let inbound = asked.message_id.unwrap();

@@ -6,9 +6,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::stream::{bearer_header, connect, next_frame};
 use common::{Gateway, TOKEN, write_config};
 use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig, Reply};
 use moltbot_fakes::telegram::{ChatSpec, Failure, FakeTelegram, FakeTelegramConfig, UserSpec};
+use moltbot_protocol::inbox::{Direction, RunState, ServerFrame};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -196,6 +198,48 @@ async fn pi_answers_a_direct_message_and_the_run_is_recorded() {
 
 /// Each run reads only the messages since the previous one; an edit in between must still
 /// reach the next prompt, and nothing of the conversation may go missing from it.
+/// Someone watching the inbox sees Ann's message, then Pi's run start and its reply grow
+/// piece by piece while the model streams it, then the reply; Telegram gets it once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbox_watchers_see_the_reply_stream_in_and_telegram_gets_it_whole() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&setup.config("    dm_policy: open\n", "")).await;
+    let mut stream = connect(gateway.addr, "", bearer_header).await;
+    let subscribed = next_frame(&mut stream).await;
+    assert!(matches!(subscribed, ServerFrame::Subscriptions(_)));
+    let answer = "It is noon in Lisbon, and a quarter past one in Madrid.";
+    setup.model.enqueue(Reply::Text(answer.into()));
+    (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), "what time is it?");
+
+    let (mut asked, mut states, mut deltas) = (false, Vec::new(), Vec::new());
+    let reply = loop {
+        match next_frame(&mut stream).await {
+            ServerFrame::MessageCreated(m) if m.direction == Direction::Inbound => asked = true,
+            ServerFrame::AgentRun(run) => {
+                assert!(asked, "the run before the message it answers");
+                states.push(run.state);
+            }
+            ServerFrame::AgentDelta(delta) => {
+                assert_eq!(states.last(), Some(&RunState::Running), "{states:?}");
+                deltas.push(delta.text);
+            }
+            ServerFrame::MessageCreated(m) if m.direction == Direction::Outbound => break m,
+            _ => {}
+        }
+    };
+    assert_eq!(states[..2], [RunState::Queued, RunState::Running]);
+    assert!(deltas.len() > 1, "streamed in pieces: {deltas:?}");
+    assert_eq!(deltas.concat(), answer);
+    assert_eq!(reply.text.as_deref(), Some(answer));
+
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(sent[0].text, answer);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_prompt_holds_the_whole_history_as_it_is_now() {
     let setup = Setup::new(Duration::ZERO).await;

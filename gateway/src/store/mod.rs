@@ -290,7 +290,12 @@ impl Store {
         };
         let writer = tokio::task::spawn_blocking(move || writer.run(queue));
         let syncer = tokio::task::spawn_blocking(move || syncer.run(durable));
-        let publisher = tokio::spawn(publish::run(reads.clone(), bus, to_publish));
+        let publisher = tokio::spawn(publish::run(
+            reads.clone(),
+            bus,
+            runs_ready.clone(),
+            to_publish,
+        ));
         let checkpointer = tokio::spawn(checkpoint::run(checkpoints, committed_pages));
         Ok((
             Store {

@@ -20,7 +20,8 @@
 //! a reply no longer waits for its message's own sync (about 2 ms off p50 and p99 at 600
 //! replies a second). Except while someone watches the inbox live: the run's frames
 //! (`running`, streamed text) go straight to the bus, and must not come before the
-//! message's, which are published from here; those runs are woken here, as before.
+//! message's and the run's `queued`, which are published from here: those runs are woken
+//! by the publisher once it has put the group's frames on the bus.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Handed;
-use super::publish::Changes;
+use super::publish::{Changes, Published};
 use super::write::Wake;
 use super::{Reply, StoreError, Written};
 use crate::bus::Bus;
@@ -58,12 +59,13 @@ pub(super) struct Syncer {
     /// what is on disk.
     pub(super) failed: CancellationToken,
     pub(super) bus: Bus,
-    pub(super) published: mpsc::Sender<Changes>,
+    pub(super) published: mpsc::Sender<Published>,
     /// Wakes the checkpointer; a full queue means it is awake already.
     pub(super) wal_grew: mpsc::Sender<()>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) outbox_ready: Arc<News>,
-    /// For the runs of a group someone watched; the writer posts the others.
+    /// For a watched group's runs when nobody watches by the time it is durable; else the
+    /// publisher posts them after the group's frames. The writer posts the others.
     pub(super) runs_ready: Arc<News>,
     pub(super) handed: Arc<Handed>,
 }
@@ -135,13 +137,17 @@ impl Syncer {
         if !group.wake.outbox.is_empty() {
             self.outbox_ready.post(group.wake.outbox);
         }
-        if !group.wake.agent.is_empty() {
-            self.runs_ready.post(group.wake.agent);
-        }
         // Views are built only for someone who listens; a slow publisher holds the syncer
         // (and through it the writer) back rather than dropping frames a stream was promised.
+        // The group's runs start once its frames are out.
+        let runs = group.wake.agent;
         if publish {
-            let _ = self.published.blocking_send(group.changes);
+            let changes = group.changes;
+            if let Err(unsent) = self.published.blocking_send(Published { changes, runs }) {
+                self.runs_ready.post(unsent.0.runs);
+            }
+        } else if !runs.is_empty() {
+            self.runs_ready.post(runs);
         }
     }
 }

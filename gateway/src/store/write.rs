@@ -436,7 +436,11 @@ mod tests {
             runs_ready.take().now_or_never().is_none(),
             "a watched run waits for its message's frames"
         );
-        assert_eq!(group.wake.agent, [conversation], "the syncer posts it");
+        assert_eq!(
+            group.wake.agent,
+            [conversation],
+            "handed on with its frames"
+        );
     }
 
     /// Writes on nobody's path (here a delivery's record) wait for one on somebody's and

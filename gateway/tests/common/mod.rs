@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this kit
 
 pub mod load;
+pub mod stream;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
