@@ -519,12 +519,12 @@ async fn a_hanging_pairing_code_holds_up_no_one() {
     setup.telegram.fail_next(BOT, "sendMessage", hang);
     let bob = UserSpec::new(43, "Bob");
     (setup.telegram).user_sends(BOT, &ChatSpec::private(43), &bob, "hello?");
-    eventually("the code's send to hang", &gateway, async || {
+    let code = eventually("the code's send to hang", &gateway, async || {
         let calls = setup.telegram.calls(BOT);
-        let code = calls.iter().find(|call| call.method == "sendMessage")?;
-        Some(assert_eq!(code.params["chat_id"], 43))
+        calls.into_iter().find(|call| call.method == "sendMessage")
     })
     .await;
+    assert_eq!(code.params["chat_id"], 43);
 
     setup.model.enqueue(Reply::Text("Hi Ann".into()));
     (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), "hi");
