@@ -31,7 +31,7 @@ pub use render::{
 pub use tenant::{
     AgentMode, AgentSpec, AgentTool, ComputeResources, ConnectionCounts, GatewayResources,
     GatewaySpec, GatewayStorage, ModelSpec, Plan, RetentionSpec, Tenant, TenantPhase, TenantSpec,
-    TenantStatus,
+    TenantStatus, TokenLimitField,
 };
 
 /// The API group of every Moltbot Cloud resource.

@@ -23,7 +23,7 @@ use crate::connection::{
     ChannelType, Connection, ConnectionMode, CredentialsRef, DmPolicy, GroupPolicy,
     TelegramDelivery, TelegramSettings,
 };
-use crate::tenant::{AgentMode, AgentTool, ModelSpec, Tenant};
+use crate::tenant::{AgentMode, AgentTool, ModelSpec, Tenant, TokenLimitField};
 use crate::{SecretKeyRef, tenant_namespace};
 
 /// The Secret, in the tenant's namespace, holding the credentials the runtime generates
@@ -140,6 +140,14 @@ pub fn gateway_config(
         let mut rendered = ModelConfig::new(&model.base_url, &model.model);
         if let Some(key) = &model.api_key_secret_ref {
             rendered.api_key = Some(env.secret("MODEL_API_KEY".into(), key)?);
+        }
+        if let Some(field) = model.token_limit_field {
+            rendered.token_limit_field = match field {
+                TokenLimitField::MaxCompletionTokens => {
+                    gateway::TokenLimitField::MaxCompletionTokens
+                }
+                TokenLimitField::MaxTokens => gateway::TokenLimitField::MaxTokens,
+            };
         }
         config.agent.model = Some(rendered);
     }

@@ -188,6 +188,18 @@ pub struct ModelSpec {
     /// The API key, by reference to a Secret in the tenant's namespace. Unset: requests carry no key (a local model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret_ref: Option<SecretKeyRef>,
+
+    /// The request field that limits a reply's tokens: max_completion_tokens (OpenAI's current name, which its reasoning models require; recent vLLM, Ollama and llama.cpp read it) or max_tokens (for servers that know only the older name, such as llama-cpp-python's). Unset: max_completion_tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_limit_field: Option<TokenLimitField>,
+}
+
+/// A request field that limits a reply's tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenLimitField {
+    MaxCompletionTokens,
+    MaxTokens,
 }
 
 /// How long a tenant's data is kept.

@@ -9,7 +9,9 @@ use moltbot_crds::{
     Connection, ModelSpec, RenderError, RenderSite, RenderedConfig, SecretEnv, SecretKeyRef,
     gateway_config,
 };
-use moltbot_protocol::config::{Config, ConnectionConfig, DmPolicy, TelegramMode, ToolName};
+use moltbot_protocol::config::{
+    Config, ConnectionConfig, DmPolicy, TelegramMode, TokenLimitField, ToolName,
+};
 use moltbot_protocol::inbox::AgentMode;
 
 #[path = "common/fixture.rs"]
@@ -73,6 +75,7 @@ fn renders_the_tenant_and_its_connections() {
         model.api_key.as_ref().map(|k| k.expose()),
         Some("${MOLTBOT_SECRET_MODEL_API_KEY}")
     );
+    assert_eq!(model.token_limit_field, TokenLimitField::MaxTokens);
     assert_eq!(agent.tokens_per_run, 30_000);
     assert_eq!(agent.tokens_per_day, 900_000);
     assert_eq!(agent.max_concurrent_runs, 3);
@@ -271,11 +274,14 @@ fn unset_fields_follow_the_plan_and_the_site() {
             name: "platform-model".into(),
             key: "key".into(),
         }),
+        token_limit_field: None,
     });
     let defaulted = gateway_config(&bob.tenant, &[], &with_platform_model).unwrap();
+    let model = defaulted.config.agent.model.as_ref().unwrap();
+    assert_eq!(model.model, "llama");
     assert_eq!(
-        defaulted.config.agent.model.as_ref().unwrap().model,
-        "llama"
+        model.token_limit_field,
+        TokenLimitField::MaxCompletionTokens
     );
     assert!(defaulted.secret_env.contains(&env(
         "MOLTBOT_SECRET_MODEL_API_KEY",

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use moltbot_crds::{ModelSpec, SecretKeyRef};
+use moltbot_crds::{ModelSpec, SecretKeyRef, TokenLimitField};
 use moltbot_operator::OperatorSettings;
 use moltbot_operator::run::{LeaderElection, RunOptions, run};
-use moltbot_operator::settings::{Cidr, PeerSelector, SYSTEM_NAMESPACE, parse_secret_key_ref};
+use moltbot_operator::settings::{
+    Cidr, PeerSelector, SYSTEM_NAMESPACE, parse_secret_key_ref, parse_token_limit_field,
+};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -75,6 +77,10 @@ struct Args {
     /// SECRET/KEY of the platform model's API key, in each tenant's namespace.
     #[arg(long, env = "MOLTBOT_DEFAULT_MODEL_API_KEY", value_parser = parse_secret_key_ref, requires = "default_model")]
     default_model_api_key: Option<SecretKeyRef>,
+    /// The request field that limits the platform model's replies: max_completion_tokens
+    /// (unset) or max_tokens, for a server that knows only the older name.
+    #[arg(long, env = "MOLTBOT_DEFAULT_MODEL_TOKEN_LIMIT_FIELD", value_parser = parse_token_limit_field, requires = "default_model")]
+    default_model_token_limit_field: Option<TokenLimitField>,
 
     /// Where /live, /ready and /metrics listen.
     #[arg(
@@ -131,6 +137,7 @@ impl Args {
                     base_url,
                     model,
                     api_key_secret_ref: args.default_model_api_key.clone(),
+                    token_limit_field: args.default_model_token_limit_field,
                 }),
             bridge_ingress: args
                 .bridge_ingress

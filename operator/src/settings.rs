@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use moltbot_crds::{ModelSpec, SecretKeyRef};
+use moltbot_crds::{ModelSpec, SecretKeyRef, TokenLimitField};
 use serde::{Serialize, Serializer};
 
 /// The operator's settings; every tenant's objects are built with the same ones.
@@ -107,6 +107,8 @@ pub enum SettingsError {
     Cidr(String),
     #[error("{0:?} is not SECRET/KEY")]
     SecretKey(String),
+    #[error("{0:?} is neither max_completion_tokens nor max_tokens")]
+    TokenLimitField(String),
 }
 
 /// `NAMESPACE/KEY=VALUE,…`: pods with those labels in that namespace.
@@ -178,9 +180,30 @@ pub fn parse_secret_key_ref(text: &str) -> Result<SecretKeyRef, SettingsError> {
     }
 }
 
+/// `max_completion_tokens` or `max_tokens`, as in the Tenant's `tokenLimitField`.
+pub fn parse_token_limit_field(text: &str) -> Result<TokenLimitField, SettingsError> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| SettingsError::TokenLimitField(text.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_limit_fields_read_as_in_the_tenant() {
+        assert_eq!(
+            parse_token_limit_field("max_tokens").unwrap(),
+            TokenLimitField::MaxTokens
+        );
+        assert_eq!(
+            parse_token_limit_field("max_completion_tokens").unwrap(),
+            TokenLimitField::MaxCompletionTokens
+        );
+        for bad in ["", "maxTokens", "max_output_tokens"] {
+            assert!(parse_token_limit_field(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn peers_read_namespace_then_labels() {

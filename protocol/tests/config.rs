@@ -8,7 +8,7 @@ use std::time::Duration;
 use moltbot_protocol::config::{
     AgentConfig, Config, ConfigError, ConnectionConfig, DmPolicy, GroupPolicy, Limits, LogConfig,
     LogFormat, ModelConfig, Secret, StoreConfig, Synchronous, TelegramConfig, TelegramMode,
-    TelegramRateLimit, TelegramWebhook, ToolName,
+    TelegramRateLimit, TelegramWebhook, TokenLimitField, ToolName,
 };
 use moltbot_protocol::inbox::AgentMode;
 
@@ -191,6 +191,13 @@ fn every_error_names_its_key() {
             format!("{MINIMAL}store:\n  synchronous: sometimes\n"),
             token.to_vec(),
             "store.synchronous:",
+        ),
+        (
+            format!(
+                "{MINIMAL}agent:\n  model:\n    base_url: http://127.0.0.1:1/v1\n    model: m\n    token_limit_field: max_output_tokens\n"
+            ),
+            token.to_vec(),
+            "agent.model.token_limit_field:",
         ),
         (
             format!("{MINIMAL}channels:\n  webchat:\n    enabled: maybe\n"),
@@ -393,6 +400,7 @@ fn everything_set(secret: fn((&str, &str)) -> Secret) -> Config {
     model.api_key = Some(secret(API_KEY));
     model.timeout = Duration::from_secs(3725);
     model.max_retries = 5;
+    model.token_limit_field = TokenLimitField::MaxTokens;
     model.prompt_price_per_million = 0.15;
     model.completion_price_per_million = 2.5;
     config.agent = AgentConfig {

@@ -36,7 +36,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 
 use super::context::{estimate_message_tokens, estimate_tokens};
-use crate::config::{ModelConfig, Secret};
+use crate::config::{ModelConfig, Secret, TokenLimitField};
 use wire::WireRequest;
 
 mod wire;
@@ -64,6 +64,7 @@ pub(crate) struct ModelClient {
     model: String,
     timeout: Duration,
     max_retries: u32,
+    token_limit_field: TokenLimitField,
     prompt_price_per_million: f64,
     completion_price_per_million: f64,
     backoff_base: Duration,
@@ -245,6 +246,7 @@ impl ModelClient {
             model: config.model.clone(),
             timeout: config.timeout,
             max_retries: config.max_retries,
+            token_limit_field: config.token_limit_field,
             prompt_price_per_million: config.prompt_price_per_million,
             completion_price_per_million: config.completion_price_per_million,
             backoff_base: BACKOFF_BASE,
@@ -280,7 +282,7 @@ impl ModelClient {
         loop {
             let mut progress = Progress::default();
             let limit = request.max_tokens.min(max_tokens);
-            let body = WireRequest::new(&self.model, request, limit);
+            let body = WireRequest::new(&self.model, request, limit, self.token_limit_field);
             let attempt = self.attempt(body, answer_bound(limit), on_event, &mut progress);
             let result = match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(result) => result.and_then(|()| progress.answer()),
@@ -671,13 +673,10 @@ mod tests {
 
     fn config(fake: &FakeOpenAi) -> ModelConfig {
         ModelConfig {
-            base_url: fake.base_url(),
             api_key: Some(secret(KEY)),
-            model: MODEL.to_owned(),
             timeout: Duration::from_secs(5),
             max_retries: 2,
-            prompt_price_per_million: 0.0,
-            completion_price_per_million: 0.0,
+            ..ModelConfig::new(fake.base_url(), MODEL)
         }
     }
 
@@ -952,6 +951,18 @@ mod tests {
             .await
             .expect("turn succeeds");
         assert_eq!(fake.requests()[1]["max_completion_tokens"], 40);
+
+        // For a server that knows only the older field, the limit goes there alone.
+        let older = client_with(&ModelConfig {
+            token_limit_field: TokenLimitField::MaxTokens,
+            ..config(&fake)
+        });
+        fake.enqueue(Reply::Text("ok".into()));
+        let mut spent = Usage::default();
+        (older.complete(&request, 40, &mut spent, &mut |_| {}).await).expect("turn succeeds");
+        let sent = &fake.requests()[2];
+        assert_eq!(sent["max_tokens"], 40);
+        assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
     }
 
     #[tokio::test]
@@ -1208,13 +1219,11 @@ mod tests {
     #[test]
     fn cost_is_computed_from_prices_per_million() {
         let mut config = ModelConfig {
-            base_url: "http://127.0.0.1:9/v1".into(),
-            api_key: None,
-            model: MODEL.into(),
             timeout: Duration::from_secs(1),
             max_retries: 0,
             prompt_price_per_million: 2.5,
             completion_price_per_million: 10.0,
+            ..ModelConfig::new("http://127.0.0.1:9/v1", MODEL)
         };
         let client = ModelClient::new(&config).expect("client builds");
         let usage = |prompt_tokens, completion_tokens| Usage {
@@ -1255,13 +1264,9 @@ mod tests {
     #[test]
     fn bad_configs_are_refused_without_echoing_the_key() {
         let base = ModelConfig {
-            base_url: "http://127.0.0.1:9/v1/".into(),
-            api_key: None,
-            model: MODEL.into(),
             timeout: Duration::from_secs(1),
             max_retries: 0,
-            prompt_price_per_million: 0.0,
-            completion_price_per_million: 0.0,
+            ..ModelConfig::new("http://127.0.0.1:9/v1/", MODEL)
         };
         assert!(ModelClient::new(&base).is_ok(), "a trailing slash is fine");
 
@@ -1296,13 +1301,9 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         let config = ModelConfig {
-            base_url: "http://127.0.0.1:9/v1".into(),
-            api_key: None,
-            model: MODEL.into(),
             timeout: Duration::from_secs(1),
             max_retries: 10,
-            prompt_price_per_million: 0.0,
-            completion_price_per_million: 0.0,
+            ..ModelConfig::new("http://127.0.0.1:9/v1", MODEL)
         };
         let client = ModelClient::new(&config).expect("client builds");
         for _ in 0..20 {

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::{DmPolicy, GroupPolicy, LogFormat, Synchronous, TelegramMode};
+use super::{DmPolicy, GroupPolicy, LogFormat, Synchronous, TelegramMode, TokenLimitField};
 
 /// Accepts a value in its own type or as a string that parses to it.
 pub(super) fn lenient<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -58,4 +58,11 @@ macro_rules! from_str_via_serde {
         }
     )+};
 }
-from_str_via_serde!(Synchronous, LogFormat, TelegramMode, DmPolicy, GroupPolicy);
+from_str_via_serde!(
+    Synchronous,
+    LogFormat,
+    TelegramMode,
+    DmPolicy,
+    GroupPolicy,
+    TokenLimitField
+);

@@ -562,6 +562,9 @@ pub struct ModelConfig {
     /// Retries of a failed or timed-out model call before the run fails.
     #[serde(default = "default_model_retries", deserialize_with = "lenient")]
     pub max_retries: u32,
+    /// The request field that carries the reply's token limit.
+    #[serde(default, deserialize_with = "lenient")]
+    pub token_limit_field: TokenLimitField,
     /// Prices per million tokens, for the cost recorded with each run.
     #[serde(default, deserialize_with = "lenient")]
     pub prompt_price_per_million: f64,
@@ -578,10 +581,25 @@ impl ModelConfig {
             model: model.into(),
             timeout: default_model_timeout(),
             max_retries: default_model_retries(),
+            token_limit_field: TokenLimitField::default(),
             prompt_price_per_million: 0.0,
             completion_price_per_million: 0.0,
         }
     }
+}
+
+/// Which request field limits a reply's tokens. A server ignores a field it does not know,
+/// and OpenAI refuses a request with both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenLimitField {
+    /// OpenAI's current name, the only one its reasoning models take; recent vLLM, Ollama
+    /// and llama.cpp servers read it too.
+    #[default]
+    MaxCompletionTokens,
+    /// The older name, for servers that know only it, such as llama-cpp-python's (which
+    /// otherwise writes on until its context is full).
+    MaxTokens,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -8,6 +8,7 @@
 
 use std::fmt::{self, Write as _};
 
+use crate::config::TokenLimitField;
 use serde::{Serialize, Serializer};
 
 use super::{ChatMessage, ChatRequest, ToolCallRequest, ToolSpec};
@@ -26,20 +27,32 @@ pub(super) struct WireRequest<'a> {
         skip_serializing_if = "<[_]>::is_empty"
     )]
     tools: &'a [ToolSpec],
-    // OpenAI's reasoning models refuse the deprecated `max_tokens`; vLLM and llama.cpp
-    // read this one too.
-    max_completion_tokens: u32,
+    // One of the two, as configured (see `TokenLimitField`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
     stream: bool,
     stream_options: StreamOptions,
 }
 
 impl<'a> WireRequest<'a> {
-    pub(super) fn new(model: &'a str, request: &'a ChatRequest, max_tokens: u32) -> Self {
+    pub(super) fn new(
+        model: &'a str,
+        request: &'a ChatRequest,
+        limit: u32,
+        field: TokenLimitField,
+    ) -> Self {
+        let (max_completion_tokens, max_tokens) = match field {
+            TokenLimitField::MaxCompletionTokens => (Some(limit), None),
+            TokenLimitField::MaxTokens => (None, Some(limit)),
+        };
         Self {
             model,
             messages: &request.messages,
             tools: &request.tools,
-            max_completion_tokens: max_tokens,
+            max_completion_tokens,
+            max_tokens,
             stream: true,
             stream_options: StreamOptions {
                 include_usage: true,
@@ -216,6 +229,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::TokenLimitField::{MaxCompletionTokens, MaxTokens};
 
     /// `message` as async-openai's own request type has it: the reference for the wire form.
     fn typed_message(message: &ChatMessage) -> ChatCompletionRequestMessage {
@@ -370,15 +384,24 @@ mod tests {
             }],
             max_tokens: 100,
         };
-        assert_eq!(
-            value(&WireRequest::new("pi-model", &request, 42)),
-            value(&typed_request(&request, 42))
-        );
+        let wire =
+            |request: &ChatRequest, field| value(&WireRequest::new("pi-model", request, 42, field));
+        let typed = value(&typed_request(&request, 42));
+        assert_eq!(wire(&request, MaxCompletionTokens), typed);
 
         request.tools.clear();
-        let without_tools = value(&WireRequest::new("pi-model", &request, 42));
+        let without_tools = wire(&request, MaxCompletionTokens);
         assert_eq!(without_tools, value(&typed_request(&request, 42)));
         assert!(without_tools.get("tools").is_none(), "no empty tool list");
+
+        // The older field carries the same limit, alone.
+        let mut older = without_tools;
+        let limit = older
+            .as_object_mut()
+            .unwrap()
+            .remove("max_completion_tokens");
+        older["max_tokens"] = limit.unwrap();
+        assert_eq!(wire(&request, MaxTokens), older, "the older field alone");
     }
 
     fn clean(name: Option<&str>) -> Option<String> {
