@@ -32,10 +32,15 @@ pub async fn connect(
 
 /// The next frame, which must come within 5 s.
 pub async fn next_frame(socket: &mut Socket) -> ServerFrame {
+    next_frame_within(socket, Duration::from_secs(5)).await
+}
+
+/// The next frame, which must come within `wait`.
+pub async fn next_frame_within(socket: &mut Socket, wait: Duration) -> ServerFrame {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        let message = tokio::time::timeout(wait, socket.next())
             .await
-            .expect("a frame within 5 s")
+            .unwrap_or_else(|_| panic!("no frame within {wait:?}"))
             .expect("stream open")
             .expect("no error");
         if let Message::Text(text) = message {
