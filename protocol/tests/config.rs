@@ -1,7 +1,7 @@
 //! The config file contract: substitution, overrides, errors that name the key, and
 //! rendering a config built in code so that the gateway reads it back unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -423,6 +423,50 @@ fn everything_set(secret: fn((&str, &str)) -> Secret) -> Config {
         format: LogFormat::Json,
     };
     config
+}
+
+/// Every key of a config has a row in the README's configuration table: the key's name
+/// is among the names in the table's first column.
+#[test]
+fn the_readme_documents_every_key() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README");
+    let table = readme
+        .split_once("| key | default | reload | meaning |")
+        .and_then(|(_, rest)| rest.split("\n\n").next())
+        .expect("the configuration table");
+    let documented: BTreeSet<&str> = table
+        .lines()
+        .filter_map(|row| row.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2))
+        .flat_map(|key| key.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|name| !name.is_empty())
+        .collect();
+    let config = serde_json::to_value(everything_set(as_placeholder)).unwrap();
+    let mut keys = BTreeSet::new();
+    key_names(&config, &mut keys);
+    let missing: Vec<_> = keys
+        .iter()
+        .filter(|k| !documented.contains(k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "keys the README does not document: {missing:?}"
+    );
+}
+
+/// The name of every key in `value`, at every depth.
+fn key_names(value: &serde_json::Value, names: &mut BTreeSet<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                names.insert(key.clone());
+                key_names(value, names);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|item| key_names(item, names)),
+        _ => {}
+    }
 }
 
 #[test]
