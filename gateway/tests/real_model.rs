@@ -12,10 +12,10 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::stream::{bearer_header, connect, next_frame, next_frame_within};
-use common::{Gateway, TOKEN, free_addr, http_status, write_config};
+use common::{Gateway, Ready, TOKEN, free_addr, write_config};
 use moltbot_fakes::telegram::{ChatSpec, FakeTelegram, FakeTelegramConfig, UserSpec};
 use moltbot_protocol::inbox::{Direction, RunState, ServerFrame};
 use serde_json::Value;
@@ -58,21 +58,12 @@ impl LlamaServer {
             .spawn()
             .expect("start llama_cpp.server");
         let mut server = LlamaServer { child, addr, log };
-        let started = Instant::now();
-        while http_status(addr, "GET", "/v1/models") != Some(200) {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!(
-                    "llama_cpp.server exited with {status}:\n{}",
-                    server.log_text()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "llama_cpp.server not ready after 120 s:\n{}",
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let ready = Ready {
+            path: "/v1/models",
+            within: Duration::from_secs(120),
+            every: Duration::from_millis(100),
+        };
+        ready.wait(&mut server.child, addr, &server.log);
         server
     }
 

@@ -66,23 +66,13 @@ impl Gateway {
             config: config.to_path_buf(),
             log,
         };
-        loop {
-            if http_status(addr, "GET", "/readyz") == Some(200) {
-                return (gateway, started.elapsed());
-            }
-            if let Ok(Some(status)) = gateway.child.try_wait() {
-                panic!(
-                    "gateway exited with {status} before ready:\n{}",
-                    gateway.log_text()
-                );
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "gateway not ready after 20 s:\n{}",
-                gateway.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let ready = Ready {
+            path: "/readyz",
+            within: Duration::from_secs(20),
+            every: Duration::from_millis(1),
+        };
+        ready.wait(&mut gateway.child, addr, &gateway.log);
+        (gateway, started.elapsed())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -145,6 +135,35 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// When a process started on `addr` counts as ready: `path` answers 200.
+pub struct Ready {
+    pub path: &'static str,
+    /// How long it may take.
+    pub within: Duration,
+    /// How often to ask.
+    pub every: Duration,
+}
+
+impl Ready {
+    /// Returns once `child` is ready; panics with its `log` should it exit or take too long.
+    pub fn wait(&self, child: &mut Child, addr: SocketAddr, log: &Path) {
+        let started = Instant::now();
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        while http_status(addr, "GET", self.path) != Some(200) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("exited with {status} before ready:\n{}", log_text());
+            }
+            assert!(
+                started.elapsed() < self.within,
+                "not ready after {:?}:\n{}",
+                self.within,
+                log_text()
+            );
+            std::thread::sleep(self.every);
+        }
     }
 }
 
