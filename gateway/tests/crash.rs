@@ -1,10 +1,11 @@
 //! The real binary under load, killed hard (SIGKILL) or asked to stop (SIGTERM): nothing it
 //! acknowledged may be lost, nothing may be stored twice, and a retry of an acknowledged
-//! message must be answered as a duplicate.
+//! message must be answered as a duplicate. And when its disk fails a sync, it confirms
+//! nothing more and exits.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::Gateway;
@@ -265,4 +266,106 @@ fn a_stalled_request_cannot_hold_shutdown_past_the_grace() {
     );
     assert!(gateway.log_text().contains("gateway stopped cleanly"));
     drop(stalled);
+}
+
+/// A shared library that makes every `fdatasync` fail with EIO once `trigger` exists: the
+/// store's syncs of the WAL (SQLite's own syncs use `fsync`). Built with the machine's C
+/// compiler, which Rust needs as its linker anyway.
+fn failing_fdatasync(dir: &std::path::Path) -> std::path::PathBuf {
+    let source = dir.join("fail_fdatasync.c");
+    std::fs::write(
+        &source,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+int fdatasync(int fd) {
+    const char *trigger = getenv("MOLTBOT_TEST_FAIL_SYNC_AFTER");
+    if (trigger && access(trigger, F_OK) == 0) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+"#,
+    )
+    .unwrap();
+    let library = dir.join("fail_fdatasync.so");
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&library)
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler `cc` (Rust links with it)");
+    assert!(built.success(), "cc failed: {built}");
+    library
+}
+
+/// After the disk fails a sync, the gateway confirms nothing more: the write waiting for
+/// that sync is answered 500, and the gateway exits non-zero so that the platform starts
+/// it again from what is on disk. After the restart a retry of the unconfirmed message is
+/// stored once.
+#[test]
+fn a_failed_disk_sync_stops_the_gateway_and_confirms_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::write_config(dir.path(), "");
+    let trigger = dir.path().join("disk-fails-now");
+    let shim = failing_fdatasync(dir.path());
+    let (mut gateway, _) = Gateway::start_with_env(
+        &config,
+        &[
+            ("LD_PRELOAD", shim.as_path()),
+            ("MOLTBOT_TEST_FAIL_SYNC_AFTER", trigger.as_path()),
+        ],
+    );
+    let rt = runtime();
+    let post = |gateway: &Gateway, n: u64| rt.block_on(post_webchat(gateway, n));
+    assert_eq!(post(&gateway, 1).0, 201, "{}", gateway.log_text());
+
+    std::fs::write(&trigger, b"").unwrap();
+    let (status, refused) = post(&gateway, 2);
+    assert_eq!(status, 500, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not confirm"),
+        "{refused}"
+    );
+    let exited = gateway.wait(Duration::from_secs(10));
+    assert!(!exited.success(), "exit status {exited}");
+    let log = gateway.log_text();
+    assert!(
+        log.contains("cannot make committed writes durable"),
+        "{log}"
+    );
+    assert!(!log.contains("gateway stopped cleanly"), "{log}");
+    drop(gateway);
+
+    let (gateway, _) = Gateway::start(&config);
+    // Stored before the failed sync or not: either way the retry is taken, once.
+    assert!(
+        [200, 201].contains(&post(&gateway, 2).0),
+        "the retry is taken"
+    );
+    let stored = rt.block_on(load::stored_messages(&gateway.url(""), LIST_TIME_LIMIT));
+    assert_eq!(
+        stored.counts(),
+        BTreeMap::from([(1, 1), (2, 1)]),
+        "each once"
+    );
+}
+
+/// Posts web-chat message `n` of one session; answers the status and the body.
+async fn post_webchat(gateway: &Gateway, n: u64) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(gateway.url("/v1/webchat/messages"))
+        .bearer_auth(common::TOKEN)
+        .header("content-type", "application/json")
+        .body(common::webchat_body(n, 1))
+        .send()
+        .await
+        .expect("an answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }

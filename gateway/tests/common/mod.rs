@@ -46,6 +46,11 @@ impl Gateway {
     /// Starts the binary on `config` at a free port and returns once `/readyz` answers 200,
     /// with the time that took.
     pub fn start(config: &Path) -> (Gateway, Duration) {
+        Self::start_with_env(config, &[])
+    }
+
+    /// [`Gateway::start`] with these variables added to the binary's environment.
+    pub fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> (Gateway, Duration) {
         let addr = free_addr();
         let log = config.with_extension(format!("{}.log", addr.port()));
         let out = std::fs::File::create(&log).unwrap();
@@ -58,6 +63,7 @@ impl Gateway {
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
+            .envs(env.iter().copied())
             .spawn()
             .expect("start moltbot-gateway");
         let mut gateway = Gateway {
