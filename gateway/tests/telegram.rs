@@ -10,6 +10,7 @@ use common::stream::{bearer_header, connect, next_frame};
 use common::{Gateway, TOKEN, write_config};
 use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig, Reply};
 use moltbot_fakes::telegram::{ChatSpec, Failure, FakeTelegram, FakeTelegramConfig, UserSpec};
+use moltbot_protocol::event::ConnectionState;
 use moltbot_protocol::inbox::{Direction, RunState, ServerFrame};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -238,6 +239,69 @@ async fn inbox_watchers_see_the_reply_stream_in_and_telegram_gets_it_whole() {
         .await;
     assert_eq!(sent.len(), 1, "{}", gateway.log_text());
     assert_eq!(sent[0].text, answer);
+}
+
+/// The connection's health, on `/status` and to inbox watchers: a token Telegram refuses
+/// needs the person; once Telegram takes it the bot is connected at once, not after a long
+/// poll (30 s here); a failing poll degrades it until a poll succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_health_follows_telegram_on_status_and_the_stream() {
+    const LATER_BOT: &str = "654321:NOT-yet_valid";
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config("    dm_policy: disabled\n", "");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    let yaml = yaml
+        .replace(BOT, LATER_BOT)
+        .replace("poll_timeout: 1s", "poll_timeout: 30s");
+    std::fs::write(&config, yaml).unwrap();
+    let gateway = start(&config).await;
+    let tg_status = async || {
+        let status = get(&gateway, "/status").await;
+        let connections = status["connections"].as_array().unwrap().clone();
+        connections.into_iter().find(|c| c["name"] == "tg").unwrap()
+    };
+    let refused = eventually("the token refused", &gateway, async || {
+        let tg = tg_status().await;
+        (tg["state"] == "action_required").then_some(tg)
+    })
+    .await;
+    assert!(
+        refused["reason"].as_str().unwrap().contains("BotFather"),
+        "{refused}"
+    );
+
+    let mut stream = connect(gateway.addr, "", bearer_header).await;
+    let subscribed = next_frame(&mut stream).await;
+    assert!(matches!(subscribed, ServerFrame::Subscriptions(_)));
+    let next_state = async |stream: &mut _| loop {
+        if let ServerFrame::ConnectionState(c) = next_frame(stream).await
+            && c.name == "tg"
+        {
+            return c;
+        }
+    };
+    // Telegram takes the token now; the connector's next try (within its backoff) succeeds.
+    setup.telegram.add_bot(LATER_BOT, "pi_later_bot");
+    let connected = next_state(&mut stream).await;
+    assert_eq!(
+        (connected.state, connected.reason),
+        (ConnectionState::Connected, None)
+    );
+    assert_eq!(tg_status().await["state"], "connected");
+
+    // A message ends the long poll in flight; the poll after it fails.
+    setup
+        .telegram
+        .fail_next(LATER_BOT, "getUpdates", Failure::ServerError);
+    let chat = ChatSpec::private(42);
+    setup.telegram.user_sends(LATER_BOT, &chat, &ann(), "one");
+    let degraded = next_state(&mut stream).await;
+    assert_eq!(degraded.state, ConnectionState::Degraded);
+    assert!(degraded.reason.unwrap().contains("502"));
+    setup.telegram.user_sends(LATER_BOT, &chat, &ann(), "two");
+    let recovered = next_state(&mut stream).await;
+    assert_eq!(recovered.state, ConnectionState::Connected);
+    assert_eq!(tg_status().await["state"], "connected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -269,8 +269,14 @@ impl Telegram {
 
     async fn poll(&self, shutdown: &CancellationToken) {
         // getUpdates is refused while a webhook is set (say, by an earlier webhook config).
-        if let Err(e) = self.api.delete_webhook(false).await {
-            tracing::warn!(connection = %self.name, error = %e, "cannot clear the webhook before polling");
+        // Once cleared, the bot is known to be reachable with its token, so it counts as
+        // connected at once rather than after the first long poll returns (up to
+        // `poll_timeout` later, with a token that was just fixed still shown as refused).
+        match self.api.delete_webhook(false).await {
+            Ok(()) => self.health.report(ConnectionState::Connected, None).await,
+            Err(e) => {
+                tracing::warn!(connection = %self.name, error = %e, "cannot clear the webhook before polling")
+            }
         }
         let mut offset: Option<i64> = match self.store.cursor(&self.name).await {
             Ok(cursor) => cursor.and_then(|c| c.parse().ok()),
