@@ -304,6 +304,64 @@ async fn connection_health_follows_telegram_on_status_and_the_stream() {
     assert_eq!(tg_status().await["state"], "connected");
 }
 
+/// In a group the bot takes part in, Pi answers only what mentions it, quoting it; the rest
+/// is kept in the inbox. A group that is not allowed is ignored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_groups_pi_answers_mentions_only_and_strangers_groups_are_ignored() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config(
+        "    dm_policy: open\n    group_policy: allowlist\n    allow_groups: [\"-100200\"]\n",
+        "",
+    );
+    let gateway = start(&config).await;
+    let family = ChatSpec::supergroup(-100200, "Family");
+    let strangers = ChatSpec::supergroup(-100999, "Strangers");
+    let bob = UserSpec::new(43, "Bob");
+    setup
+        .telegram
+        .user_sends(BOT, &family, &ann(), "good morning all");
+    setup
+        .telegram
+        .user_sends(BOT, &strangers, &bob, "@pi_test_bot hi");
+    setup.model.enqueue(Reply::Text("It is noon.".into()));
+    let asked = setup
+        .telegram
+        .user_sends(BOT, &family, &ann(), "@pi_test_bot what time is it?");
+
+    let sent = setup
+        .telegram
+        .wait_for_sent(BOT, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), 1, "{}", gateway.log_text());
+    assert_eq!(
+        (sent[0].chat_id, sent[0].text.as_str()),
+        (-100200, "It is noon.")
+    );
+    assert_eq!(sent[0].reply_to_message_id, asked["message_id"].as_i64());
+    assert_eq!(setup.model.request_count(), 1, "only the mention ran Pi");
+
+    let list = get(&gateway, "/v1/conversations?channel=telegram").await;
+    let conversations = list["items"].as_array().unwrap();
+    assert_eq!(conversations.len(), 1, "{list}");
+    assert_eq!(conversations[0]["kind"], "group");
+    let id = conversations[0]["id"].as_str().unwrap();
+    let page = get(&gateway, &format!("/v1/conversations/{id}/messages")).await;
+    let texts: Vec<&str> = (page["items"].as_array().unwrap().iter())
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "It is noon.",
+            "@pi_test_bot what time is it?",
+            "good morning all"
+        ],
+        "newest first"
+    );
+    let ignored = r#"gateway_channel_updates_total{connection="tg",outcome="ignored"} 1"#;
+    assert!(metrics(&gateway).await.contains(ignored));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_prompt_holds_the_whole_history_as_it_is_now() {
     let setup = Setup::new(Duration::ZERO).await;

@@ -337,7 +337,7 @@ fn send_message(bot: &mut Bot, params: &Params) -> Answer {
     bot.take_rate_token(chat_id)
         .map_err(ApiReply::too_many_requests)?;
     let message = bot
-        .bot_message(chat_id, Content::Text { text }, reply_to)
+        .bot_message(chat_id, Content::text(&text), reply_to)
         .ok_or_else(chat_not_found)?;
     Ok(ApiReply::ok(message))
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::rate_limit::RateLimiter;
 use super::updates::UpdateQueue;
 use super::webhook::{self, Webhook};
-use super::wire::{Chat, Content, Document, Message, PhotoSize, User};
+use super::wire::{Chat, Content, Document, Message, PhotoSize, User, entities};
 use super::{
     Call, ChatKind, ChatSpec, Failure, FakeTelegramConfig, SentMessage, UserSpec, WebhookState,
 };
@@ -361,6 +361,7 @@ impl Bot {
         Content::Photo {
             photo,
             caption: caption.map(str::to_owned),
+            caption_entities: caption.map(entities).unwrap_or_default(),
         }
     }
 
@@ -470,7 +471,7 @@ impl Bot {
                 let stored = self.chats.get(&chat_id)?.messages.get(&message_id)?;
                 let message = &stored.message;
                 let text = match &message.content {
-                    Content::Text { text } => text.clone(),
+                    Content::Text { text, .. } => text.clone(),
                     Content::Photo { caption, .. } | Content::Document { caption, .. } => {
                         caption.clone().unwrap_or_default()
                     }
@@ -708,10 +709,10 @@ impl ChatState {
             .live_mut(message_id)
             .ok_or(EditError::NotFound)?
             .message;
-        match &mut message.content {
-            Content::Text { text } if text == new_text => Err(EditError::NotModified),
-            Content::Text { text } => {
-                new_text.clone_into(text);
+        match &message.content {
+            Content::Text { text, .. } if text == new_text => Err(EditError::NotModified),
+            Content::Text { .. } => {
+                message.content = Content::text(new_text);
                 message.edit_date = Some(unix_now());
                 Ok(message.clone())
             }

@@ -57,17 +57,72 @@ pub(super) struct Document {
     pub(super) file_size: usize,
 }
 
+/// A MessageEntity Telegram marks in a text; offsets and lengths count UTF-16 code units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(super) struct Entity {
+    #[serde(rename = "type")]
+    pub(super) kind: &'static str,
+    pub(super) offset: usize,
+    pub(super) length: usize,
+}
+
+/// The entities Telegram finds by itself in plain text, of the kinds a bot acts on:
+/// `@username` mentions (5–32 of `A-Z a-z 0-9 _`, not inside a word, so not in an e-mail
+/// address) and commands (`/start`, `/start@bot`) at the start or after white space.
+pub(super) fn entities(text: &str) -> Vec<Entity> {
+    let chars: Vec<char> = text.chars().collect();
+    let is_word = |c: &char| c.is_ascii_alphanumeric() || *c == '_';
+    let word_at = |from: usize| {
+        chars
+            .get(from..)
+            .map_or(0, |rest| rest.iter().take_while(|c| is_word(c)).count())
+    };
+    let username_at = |from: usize| Some(word_at(from)).filter(|n| (5..=32).contains(n));
+    let mut found = Vec::new();
+    let (mut i, mut utf16) = (0, 0);
+    while let Some(&c) = chars.get(i) {
+        let starts_word = i == 0 || !is_word(&chars[i - 1]);
+        let entity = match c {
+            '@' if starts_word => username_at(i + 1).map(|n| ("mention", 1 + n)),
+            '/' if i == 0 || chars[i - 1].is_whitespace() => Some(word_at(i + 1))
+                .filter(|n| (1..=64).contains(n))
+                .map(|n| {
+                    let addressed = (chars.get(i + 1 + n) == Some(&'@'))
+                        .then(|| username_at(i + 2 + n))
+                        .flatten();
+                    ("bot_command", 1 + n + addressed.map_or(0, |m| 1 + m))
+                }),
+            _ => None,
+        };
+        let len = entity.map_or(1, |(_, len)| len);
+        let length = chars[i..i + len].iter().map(|c| c.len_utf16()).sum();
+        if let Some((kind, _)) = entity {
+            found.push(Entity {
+                kind,
+                offset: utf16,
+                length,
+            });
+        }
+        (i, utf16) = (i + len, utf16 + length);
+    }
+    found
+}
+
 /// What a message carries; its fields sit directly in the Message object.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub(super) enum Content {
     Text {
         text: String,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        entities: Vec<Entity>,
     },
     Photo {
         photo: Vec<PhotoSize>,
         #[serde(skip_serializing_if = "Option::is_none")]
         caption: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        caption_entities: Vec<Entity>,
     },
     Document {
         document: Document,
@@ -80,6 +135,7 @@ impl Content {
     pub(super) fn text(text: &str) -> Content {
         Content::Text {
             text: text.to_owned(),
+            entities: entities(text),
         }
     }
 }
@@ -211,5 +267,33 @@ impl ApiReply {
 impl IntoResponse for ApiReply {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(text: &str) -> Vec<(&'static str, usize, usize)> {
+        entities(text)
+            .into_iter()
+            .map(|e| (e.kind, e.offset, e.length))
+            .collect()
+    }
+
+    #[test]
+    fn mentions_and_commands_are_marked_as_telegram_marks_them() {
+        assert_eq!(found("hi @pi_test_bot!"), [("mention", 3, 12)]);
+        assert_eq!(found("@abcd is too short"), []);
+        assert_eq!(found("mail ann@example.org"), [], "not inside a word");
+        assert_eq!(found("/start"), [("bot_command", 0, 6)]);
+        assert_eq!(found("/help@pi_test_bot now"), [("bot_command", 0, 17)]);
+        assert_eq!(found("a/b and 1/2"), [], "a command starts after a space");
+        // Offsets and lengths count UTF-16 code units: 🦀 is two.
+        assert_eq!(found("🦀 @pi_test_bot"), [("mention", 3, 12)]);
+        assert_eq!(
+            found("/ask @pi_test_bot"),
+            [("bot_command", 0, 4), ("mention", 5, 12)]
+        );
     }
 }
