@@ -17,8 +17,10 @@
 //! - a webhook may be a plain `http://` URL on any port (Telegram wants HTTPS on 443, 80, 88 or
 //!   8443) and setWebhook does not probe it; failed deliveries are retried after 100 ms, doubling
 //!   up to 2 s (Telegram waits far longer), and each attempt gives up after 10 s;
-//! - `parse_mode` is accepted but the text is kept as sent: there is no entity parsing, hence no
-//!   "can't parse entities" error unless injected with [`Failure::BadRequest`];
+//! - `parse_mode` is accepted but the text is kept as sent: there is no markup parsing, hence no
+//!   "can't parse entities" error unless injected with [`Failure::BadRequest`]. Of the entities
+//!   Telegram finds in plain text by itself, texts and captions carry mentions and commands,
+//!   not URLs, e-mail addresses, hashtags or phone numbers;
 //! - the real server's pacing of an unchanged getUpdates offset (at least 3 s of waiting) and of
 //!   repeated 409 answers (one per 3 s) is not reproduced;
 //! - a bot may delete others' messages only in private chats (it is never a group admin), and
