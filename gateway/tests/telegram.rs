@@ -656,10 +656,6 @@ async fn a_hanging_pairing_code_holds_up_no_one() {
         .await;
     assert_eq!(sent.len(), 1, "{}", gateway.log_text());
     assert_eq!((sent[0].chat_id, sent[0].text.as_str()), (42, "Hi Ann"));
-    assert!(
-        setup.telegram.sent_to(BOT, 43).is_empty(),
-        "the code is still on its way"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
