@@ -45,23 +45,39 @@ impl Setup {
     /// A gateway config: one Telegram connection (`connection` YAML is appended to it) and
     /// the agent (`agent` YAML is appended to its section).
     fn config(&self, connection: &str, agent: &str) -> std::path::PathBuf {
-        self.config_timed("500ms", connection, agent)
+        self.config_timed(Timeouts::default(), connection, agent)
     }
 
-    /// [`Setup::config`] with the Bot API requests' timeout.
+    /// [`Setup::config`] with other Bot API timeouts.
     fn config_timed(
         &self,
-        request_timeout: &str,
+        timeouts: Timeouts,
         connection: &str,
         agent: &str,
     ) -> std::path::PathBuf {
+        let Timeouts { poll, request } = timeouts;
         let yaml = format!(
-            "connections:\n  - type: telegram\n    name: tg\n    token: \"{BOT}\"\n    api_base: {}\n    poll_timeout: 1s\n    request_timeout: {request_timeout}\n{connection}\
+            "connections:\n  - type: telegram\n    name: tg\n    token: \"{BOT}\"\n    api_base: {}\n    poll_timeout: {poll}\n    request_timeout: {request}\n{connection}\
              agent:\n  default_mode: autopilot\n  model:\n    base_url: {}\n    model: fake-pi\n    timeout: 5s\n    max_retries: 0\n{agent}",
             self.telegram.base_url(),
             self.model.base_url(),
         );
         write_config(self.dir.path(), &yaml)
+    }
+}
+
+/// The connection's `poll_timeout` and `request_timeout`.
+struct Timeouts {
+    poll: &'static str,
+    request: &'static str,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            poll: "1s",
+            request: "500ms",
+        }
     }
 }
 
@@ -248,12 +264,16 @@ async fn inbox_watchers_see_the_reply_stream_in_and_telegram_gets_it_whole() {
 async fn connection_health_follows_telegram_on_status_and_the_stream() {
     const LATER_BOT: &str = "654321:NOT-yet_valid";
     let setup = Setup::new(Duration::ZERO).await;
-    let config = setup.config("    dm_policy: disabled\n", "");
+    let config = setup.config_timed(
+        Timeouts {
+            poll: "30s",
+            ..Timeouts::default()
+        },
+        "    dm_policy: disabled\n",
+        "",
+    );
     let yaml = std::fs::read_to_string(&config).unwrap();
-    let yaml = yaml
-        .replace(BOT, LATER_BOT)
-        .replace("poll_timeout: 1s", "poll_timeout: 30s");
-    std::fs::write(&config, yaml).unwrap();
+    std::fs::write(&config, yaml.replace(BOT, LATER_BOT)).unwrap();
     let gateway = start(&config).await;
     let tg_status = async || {
         let status = get(&gateway, "/status").await;
@@ -629,7 +649,10 @@ async fn a_pairing_code_waits_out_a_429_like_every_send() {
 async fn a_hanging_pairing_code_holds_up_no_one() {
     let setup = Setup::new(Duration::ZERO).await;
     let config = setup.config_timed(
-        "60s",
+        Timeouts {
+            request: "60s",
+            ..Timeouts::default()
+        },
         "    dm_policy: pairing\n    allow_from: [\"42\"]\n",
         "",
     );
