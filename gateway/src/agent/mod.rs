@@ -435,8 +435,11 @@ impl Agent {
             };
             let turn = self.turn(&model, &request, agent, usage, Some(run)).await?;
             if turn.tool_calls.is_empty() || last_round {
-                return match turn.text.filter(|t| !t.trim().is_empty()) {
-                    Some(text) => Ok(RunOutcome::Reply(text)),
+                // Models often end with a newline (Gemma does); channels show none, and the
+                // inbox should keep what the person will see.
+                let text = turn.text.as_deref().map(str::trim);
+                return match text.filter(|t| !t.is_empty()) {
+                    Some(text) => Ok(RunOutcome::Reply(text.to_owned())),
                     None => {
                         Err(ModelError::Invalid("the model answered with no text".into()).into())
                     }
