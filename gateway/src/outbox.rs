@@ -502,9 +502,18 @@ fn backoff(attempts: u32) -> Duration {
 
 /// Splits `text` into parts of at most `max` units (`char_len` per character), breaking at
 /// a paragraph, else a line, else a space in the second half of a part, else anywhere. The
-/// separator at a break is dropped; nothing else is lost.
+/// separator at a break is dropped, and so is a part of nothing but whitespace (a model's
+/// run of blank lines), which a channel would refuse as empty; nothing else is lost.
 pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> Vec<&str> {
+    fn push_unless_blank<'a>(parts: &mut Vec<&'a str>, part: &'a str) {
+        if !part.trim().is_empty() {
+            parts.push(part);
+        }
+    }
     let max = max.max(1);
+    if text.trim().is_empty() {
+        return vec![text];
+    }
     let mut parts = Vec::new();
     let mut rest = text;
     loop {
@@ -518,7 +527,7 @@ pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> V
             }
         }
         if cut == rest.len() {
-            parts.push(rest);
+            push_unless_blank(&mut parts, rest);
             return parts;
         }
         // A character wider than the whole limit still has to go somewhere.
@@ -538,7 +547,7 @@ pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> V
                     .map(|at| (at, sep.len()))
             })
             .unwrap_or((cut, 0));
-        parts.push(&rest[..end]);
+        push_unless_blank(&mut parts, &rest[..end]);
         rest = &rest[end + skip..];
         if rest.is_empty() {
             return parts;
@@ -758,6 +767,15 @@ mod tests {
         let parts = split_text("abcdefghij", 4, chars);
         assert_eq!(parts, vec!["abcd", "efgh", "ij"]);
         assert_eq!(parts.concat(), "abcdefghij");
+    }
+
+    #[test]
+    fn a_run_of_whitespace_longer_than_a_part_sends_no_blank_part() {
+        let text = format!("a a a {}b", " ".repeat(20));
+        let parts = split_text(&text, 10, chars);
+        assert_eq!(parts, vec!["a a a    ", "      b"]);
+        // A text of whitespace alone stays one part: refusing it is the caller's call.
+        assert_eq!(split_text("   ", 2, chars), vec!["   "]);
     }
 
     #[test]
