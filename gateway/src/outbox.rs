@@ -362,21 +362,23 @@ impl Delivery {
                 reply_to: (index == 0).then_some(item.reply_to.as_deref()).flatten(),
             };
             let last = index + 1 == parts.len();
+            // A part of nothing but whitespace (a model's run of blank lines longer than a
+            // part) shows nothing, and a channel refuses it as empty, which would fail the
+            // parts after it: it counts as sent without going out.
+            if parts.len() > 1 && text.trim().is_empty() {
+                if !self.part_sent(&item, index, None, last).await {
+                    return;
+                }
+                index += 1;
+                in_doubt = false;
+                continue;
+            }
             if in_doubt {
                 match connector.reconcile(&part, hint.as_deref()).await {
                     Reconciled::Delivered(id) => {
                         self.metrics.delivery(connector.name(), "reconciled");
                         tracing::info!(message_id = %item.message_id, part = index, "an interrupted send had arrived; not sending it again");
-                        if !self
-                            .step(OutboxWrite::PartSent {
-                                row: item.id,
-                                message_id: item.message_id,
-                                part: index as u32,
-                                provider_message_id: Some(id),
-                                last,
-                            })
-                            .await
-                        {
+                        if !self.part_sent(&item, index, Some(id), last).await {
                             return;
                         }
                         index += 1;
@@ -413,13 +415,7 @@ impl Delivery {
                 Ok(provider_message_id) => {
                     self.metrics.delivery(connector.name(), "sent");
                     if !self
-                        .step(OutboxWrite::PartSent {
-                            row: item.id,
-                            message_id: item.message_id,
-                            part: index as u32,
-                            provider_message_id,
-                            last,
-                        })
+                        .part_sent(&item, index, provider_message_id, last)
                         .await
                     {
                         return;
@@ -437,6 +433,24 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// Records that the part at `index` is done; false when the store could not.
+    async fn part_sent(
+        &self,
+        item: &OutboxItem,
+        index: usize,
+        provider_message_id: Option<String>,
+        last: bool,
+    ) -> bool {
+        self.step(OutboxWrite::PartSent {
+            row: item.id,
+            message_id: item.message_id,
+            part: index as u32,
+            provider_message_id,
+            last,
+        })
+        .await
     }
 
     /// Schedules the next attempt after a failed one, or gives up after too many.
@@ -502,18 +516,9 @@ fn backoff(attempts: u32) -> Duration {
 
 /// Splits `text` into parts of at most `max` units (`char_len` per character), breaking at
 /// a paragraph, else a line, else a space in the second half of a part, else anywhere. The
-/// separator at a break is dropped, and so is a part of nothing but whitespace (a model's
-/// run of blank lines), which a channel would refuse as empty; nothing else is lost.
+/// separator at a break is dropped; nothing else is lost.
 pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> Vec<&str> {
-    fn push_unless_blank<'a>(parts: &mut Vec<&'a str>, part: &'a str) {
-        if !part.trim().is_empty() {
-            parts.push(part);
-        }
-    }
     let max = max.max(1);
-    if text.trim().is_empty() {
-        return vec![text];
-    }
     let mut parts = Vec::new();
     let mut rest = text;
     loop {
@@ -527,7 +532,7 @@ pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> V
             }
         }
         if cut == rest.len() {
-            push_unless_blank(&mut parts, rest);
+            parts.push(rest);
             return parts;
         }
         // A character wider than the whole limit still has to go somewhere.
@@ -547,7 +552,7 @@ pub fn split_text(text: &str, max: usize, char_len: impl Fn(char) -> usize) -> V
                     .map(|at| (at, sep.len()))
             })
             .unwrap_or((cut, 0));
-        push_unless_blank(&mut parts, &rest[..end]);
+        parts.push(&rest[..end]);
         rest = &rest[end + skip..];
         if rest.is_empty() {
             return parts;
@@ -736,6 +741,37 @@ mod tests {
         assert_eq!((queued.in_doubt, queued.attempts), (false, 0));
     }
 
+    /// A part of nothing but whitespace, which a channel would refuse as empty, is not
+    /// sent; the parts around it are, and the row is done.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blank_part_is_not_sent_and_the_rest_is() {
+        let full = Full::start().await;
+        full.gate.permits.add_permits(MAX_CONVERSATIONS_IN_FLIGHT);
+        let last = full.conversation("last").await;
+        // Parts of 4,096: the a's, then only spaces, then the b.
+        let text = format!("{}{}b", "a".repeat(4000), " ".repeat(5000));
+        let message = full.send(last, &text).await;
+        let started = Instant::now();
+        let got_b = || full.sent_to_last().iter().any(|part| part.ends_with('b'));
+        while !got_b() && started.elapsed() < POLL * 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let sent = full.sent_to_last();
+        assert_eq!(
+            sent.len(),
+            2,
+            "{:?}",
+            sent.iter().map(String::len).collect::<Vec<_>>()
+        );
+        assert!(sent[0].starts_with('a') && sent[1].trim() == "b");
+        let store = full.stop().await;
+        let due = store.due_outbox(1000, &HashSet::new()).await.unwrap();
+        assert!(
+            due.iter().all(|item| item.message_id != message),
+            "the row is done"
+        );
+    }
+
     fn chars(_: char) -> usize {
         1
     }
@@ -767,15 +803,6 @@ mod tests {
         let parts = split_text("abcdefghij", 4, chars);
         assert_eq!(parts, vec!["abcd", "efgh", "ij"]);
         assert_eq!(parts.concat(), "abcdefghij");
-    }
-
-    #[test]
-    fn a_run_of_whitespace_longer_than_a_part_sends_no_blank_part() {
-        let text = format!("a a a {}b", " ".repeat(20));
-        let parts = split_text(&text, 10, chars);
-        assert_eq!(parts, vec!["a a a    ", "      b"]);
-        // A text of whitespace alone stays one part: refusing it is the caller's call.
-        assert_eq!(split_text("   ", 2, chars), vec!["   "]);
     }
 
     #[test]
