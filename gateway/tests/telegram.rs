@@ -258,6 +258,67 @@ async fn inbox_watchers_see_the_reply_stream_in_and_telegram_gets_it_whole() {
     assert_eq!(sent[0].text, answer);
 }
 
+/// Once the conversation outgrows the context budget, its oldest messages are folded into a
+/// rolling summary by a model call of its own (no tools), and the reply's prompt carries
+/// that summary in their place. The fake model's default answer to the summary request
+/// echoes it ("Pi here. You said: There is no summary yet. …"), which is how the summary is
+/// recognised in the next prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_past_the_budget_is_folded_into_a_rolling_summary() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let config = setup.config(
+        "    dm_policy: open\n",
+        "  system_prompt: You are Pi.\n  context_tokens: 256\n  max_reply_tokens: 16\n",
+    );
+    let gateway = start(&config).await;
+    let system = |request: &Value| {
+        request["messages"][0]["content"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let is_summary_request = |request: &Value| {
+        system(request).is_some_and(|s| s.contains("running summary of a conversation"))
+    };
+    let mut written = 0;
+    let summary_request = loop {
+        written += 1;
+        assert!(written <= 12, "no summary after {written} messages");
+        let text =
+            format!("Message {written}: day {written} of the Porto trip, trains and museums.");
+        (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), &text);
+        let sent = (setup.telegram)
+            .wait_for_sent(BOT, written, Duration::from_secs(10))
+            .await;
+        assert_eq!(sent.len(), written, "{}", gateway.log_text());
+        if let Some(at) = setup.model.requests().iter().position(is_summary_request) {
+            break at;
+        }
+    };
+    assert!(written > 2, "the budget held only {written} messages");
+    let requests = setup.model.requests();
+    let summary = &requests[summary_request];
+    assert!(
+        summary["tools"].as_array().is_none_or(Vec::is_empty),
+        "{summary}"
+    );
+    let folded = summary["messages"][1]["content"].as_str().unwrap();
+    assert!(folded.starts_with("There is no summary yet."), "{folded}");
+    assert!(folded.contains("Message 1:"), "{folded}");
+
+    // The same run's reply: the summary in the system message, the folded messages gone
+    // from the history, the newest one there.
+    let reply = &requests[summary_request + 1];
+    let summarised = "Pi here. You said: There is no summary yet.";
+    assert!(system(reply).unwrap().contains(summarised), "{reply}");
+    let history = reply["messages"].as_array().unwrap()[1..].to_vec();
+    let history = Value::Array(history).to_string();
+    assert!(!history.contains("Message 1:"), "{history}");
+    assert!(
+        history.contains(&format!("Message {written}:")),
+        "{history}"
+    );
+}
+
 /// The connection's health, on `/status` and to inbox watchers: a token Telegram refuses
 /// needs the person; once Telegram takes it the bot is connected at once, not after a long
 /// poll (30 s here); a failing poll degrades it until a poll succeeds again.
@@ -383,6 +444,8 @@ async fn in_groups_pi_answers_mentions_only_and_strangers_groups_are_ignored() {
     assert!(metrics(&gateway).await.contains(ignored));
 }
 
+/// Each run reads only the messages since the previous one; an edit in between must still
+/// reach the next prompt, and nothing of the conversation may go missing from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_prompt_holds_the_whole_history_as_it_is_now() {
     let setup = Setup::new(Duration::ZERO).await;
