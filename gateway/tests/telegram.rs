@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::stream::{bearer_header, connect, next_frame};
 use common::{Gateway, TOKEN, write_config};
-use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig, Reply};
+use moltbot_fakes::openai::{FakeOpenAi, FakeOpenAiConfig, Reply, ToolCall};
 use moltbot_fakes::telegram::{ChatSpec, Failure, FakeTelegram, FakeTelegramConfig, UserSpec};
 use moltbot_protocol::event::ConnectionState;
 use moltbot_protocol::inbox::{Direction, RunState, ServerFrame};
@@ -258,6 +258,26 @@ async fn inbox_watchers_see_the_reply_stream_in_and_telegram_gets_it_whole() {
     assert_eq!(sent[0].text, answer);
 }
 
+/// A config whose context budget holds only a few of [`porto_message`]s.
+fn small_budget_config(setup: &Setup) -> std::path::PathBuf {
+    setup.config(
+        "    dm_policy: open\n",
+        "  system_prompt: You are Pi.\n  context_tokens: 256\n  max_reply_tokens: 16\n",
+    )
+}
+
+fn porto_message(n: usize) -> String {
+    format!("Message {n}: day {n} of the Porto trip, trains and museums.")
+}
+
+fn system_text(request: &Value) -> Option<&str> {
+    request["messages"][0]["content"].as_str()
+}
+
+fn is_summary_request(request: &Value) -> bool {
+    system_text(request).is_some_and(|s| s.contains("running summary of a conversation"))
+}
+
 /// Once the conversation outgrows the context budget, its oldest messages are folded into a
 /// rolling summary by a model call of its own (no tools), and the reply's prompt carries
 /// that summary in their place. The fake model's default answer to the summary request
@@ -266,25 +286,12 @@ async fn inbox_watchers_see_the_reply_stream_in_and_telegram_gets_it_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_past_the_budget_is_folded_into_a_rolling_summary() {
     let setup = Setup::new(Duration::ZERO).await;
-    let config = setup.config(
-        "    dm_policy: open\n",
-        "  system_prompt: You are Pi.\n  context_tokens: 256\n  max_reply_tokens: 16\n",
-    );
-    let gateway = start(&config).await;
-    let system = |request: &Value| {
-        request["messages"][0]["content"]
-            .as_str()
-            .map(str::to_owned)
-    };
-    let is_summary_request = |request: &Value| {
-        system(request).is_some_and(|s| s.contains("running summary of a conversation"))
-    };
+    let gateway = start(&small_budget_config(&setup)).await;
     let mut written = 0;
     let summary_request = loop {
         written += 1;
         assert!(written <= 12, "no summary after {written} messages");
-        let text =
-            format!("Message {written}: day {written} of the Porto trip, trains and museums.");
+        let text = porto_message(written);
         (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), &text);
         let sent = (setup.telegram)
             .wait_for_sent(BOT, written, Duration::from_secs(10))
@@ -309,7 +316,7 @@ async fn history_past_the_budget_is_folded_into_a_rolling_summary() {
     // from the history, the newest one there.
     let reply = &requests[summary_request + 1];
     let summarised = "Pi here. You said: There is no summary yet.";
-    assert!(system(reply).unwrap().contains(summarised), "{reply}");
+    assert!(system_text(reply).unwrap().contains(summarised), "{reply}");
     let history = reply["messages"].as_array().unwrap()[1..].to_vec();
     let history = Value::Array(history).to_string();
     assert!(!history.contains("Message 1:"), "{history}");
@@ -317,6 +324,67 @@ async fn history_past_the_budget_is_folded_into_a_rolling_summary() {
         history.contains(&format!("Message {written}:")),
         "{history}"
     );
+}
+
+/// A summary request answered with nothing but tool calls (none were offered) fails the run
+/// visibly, and nothing is folded: the next run asks for the summary again from scratch.
+/// Every run gets a `search_messages` call first, so the ordinary runs answer after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_summary_answered_with_tool_calls_fails_the_run_and_folds_nothing() {
+    let setup = Setup::new(Duration::ZERO).await;
+    let gateway = start(&small_budget_config(&setup)).await;
+    let summary_requests = || {
+        let requests = setup.model.requests();
+        requests
+            .into_iter()
+            .filter(is_summary_request)
+            .collect::<Vec<_>>()
+    };
+    let mut written = 0;
+    loop {
+        written += 1;
+        assert!(written <= 12, "no summary after {written} messages");
+        setup.model.enqueue(Reply::ToolCalls(vec![ToolCall {
+            name: "search_messages".into(),
+            arguments: json!({"query": "Porto"}),
+        }]));
+        let text = porto_message(written);
+        (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), &text);
+        let folding = eventually("an answer or a summary request", &gateway, async || {
+            if !summary_requests().is_empty() {
+                return Some(true);
+            }
+            (setup.telegram.sent(BOT).len() == written).then_some(false)
+        })
+        .await;
+        if folding {
+            break;
+        }
+    }
+    let failed = eventually("the run failed", &gateway, async || {
+        (runs(&gateway).await.into_iter()).find(|r| r["state"] == "failed")
+    })
+    .await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("summary request"),
+        "{failed}"
+    );
+    assert_eq!(setup.telegram.sent(BOT).len(), written - 1, "no answer");
+
+    let text = porto_message(written + 1);
+    (setup.telegram).user_sends(BOT, &ChatSpec::private(42), &ann(), &text);
+    let sent = (setup.telegram)
+        .wait_for_sent(BOT, written, Duration::from_secs(10))
+        .await;
+    assert_eq!(sent.len(), written, "{}", gateway.log_text());
+    let asked = summary_requests();
+    assert_eq!(asked.len(), 2, "asked again");
+    let folded = asked[1]["messages"][1]["content"].as_str().unwrap();
+    assert!(folded.starts_with("There is no summary yet."), "{folded}");
+    assert!(folded.contains("Message 1:"), "{folded}");
 }
 
 /// The connection's health, on `/status` and to inbox watchers: a token Telegram refuses

@@ -401,7 +401,11 @@ impl Agent {
             let request =
                 context::summary_request(summary.as_deref(), &older, agent.max_reply_tokens);
             let turn = self.turn(&model, &request, agent, usage, None).await?;
-            let text = turn.text.unwrap_or_default();
+            // No text means tool calls, though none were offered: folding on an empty
+            // summary would drop the older messages from every later prompt.
+            let text = turn.text.ok_or_else(|| {
+                ModelError::Invalid("the model answered the summary request with tool calls".into())
+            })?;
             self.store
                 .save_summary(run.conversation_id, text.clone(), up_to_seq)
                 .await?;
