@@ -364,8 +364,10 @@ impl Delivery {
             let last = index + 1 == parts.len();
             // A part of nothing but whitespace (a model's run of blank lines longer than a
             // part) shows nothing, and a channel refuses it as empty, which would fail the
-            // parts after it: it counts as sent without going out.
-            if parts.len() > 1 && text.trim().is_empty() {
+            // parts after it: it counts as sent without going out. Not the first part, which
+            // carries the quote, the message's provider id and a handed send's attempt (and
+            // is blank only for a text that starts with half a part of whitespace).
+            if index > 0 && text.trim().is_empty() {
                 if !self.part_sent(&item, index, None, last).await {
                     return;
                 }
@@ -795,6 +797,17 @@ mod tests {
         assert_eq!(
             split_text("aaaa bbbb cccc", 10, chars),
             vec!["aaaa bbbb", "cccc"]
+        );
+    }
+
+    #[test]
+    fn a_blank_stretch_is_split_into_parts_of_its_own() {
+        // The sender skips such parts, but they keep their place: rows in flight count
+        // their parts by this split.
+        let text = format!("a a a {}b", " ".repeat(20));
+        assert_eq!(
+            split_text(&text, 10, chars),
+            vec!["a a a    ", "         ", "      b"]
         );
     }
 
