@@ -87,9 +87,9 @@
 //!   0.62 cores at 2 ms) for 5–11 ms more p50, and at 1,000/s saved 3.5% but raised p50
 //!   and p99: not done either, though a per-tenant setting for quiet pods could use it.
 //!   Thin LTO with one codegen unit (the release profile) took about 3% off the CPU per
-//!   reply in runs with equal sync times. mimalloc lowered the p99 in 8 of 8 pairs only
-//!   through transparent huge pages, which took the idle RSS from 14 to 29 MiB; without
-//!   them it was better in 7 of 14 pairs, so the system allocator stays.
+//!   reply in runs with equal sync times. mimalloc lowered the p99 in 8 of 8 pairs, but
+//!   its arenas take transparent huge pages, which took the idle RSS from 14 to 29 MiB;
+//!   without them it was better in 7 of 14 pairs, so the system allocator stays.
 //! - **slow model**: the same people write once each to a 2 s model with
 //!   `agent.max_concurrent_runs` = `BENCH_LIMIT` (32); the highest number of model calls
 //!   in flight must equal the limit, and the burst takes about ⌈users / limit⌉ × 2 s.

@@ -353,14 +353,6 @@ impl Delivery {
         let mut begun = item.begun;
         let mut index = item.parts_sent as usize;
         while let Some(text) = parts.get(index) {
-            let part = OutgoingPart {
-                message: item.message_id,
-                chat: &item.chat,
-                kind: item.kind,
-                text,
-                // Only the first part quotes the message it answers.
-                reply_to: (index == 0).then_some(item.reply_to.as_deref()).flatten(),
-            };
             let last = index + 1 == parts.len();
             // A part of nothing but whitespace (a model's run of blank lines longer than a
             // part) shows nothing, and a channel refuses it as empty, which would fail the
@@ -375,6 +367,14 @@ impl Delivery {
                 in_doubt = false;
                 continue;
             }
+            let part = OutgoingPart {
+                message: item.message_id,
+                chat: &item.chat,
+                kind: item.kind,
+                text,
+                // Only the first part quotes the message it answers.
+                reply_to: (index == 0).then_some(item.reply_to.as_deref()).flatten(),
+            };
             if in_doubt {
                 match connector.reconcile(&part, hint.as_deref()).await {
                     Reconciled::Delivered(id) => {

@@ -278,6 +278,13 @@ fn is_summary_request(request: &Value) -> bool {
     system_text(request).is_some_and(|s| s.contains("running summary of a conversation"))
 }
 
+/// Checks that a summary request starts from no summary and folds message 1.
+fn assert_folds_from_scratch(request: &Value) {
+    let folded = request["messages"][1]["content"].as_str().unwrap();
+    assert!(folded.starts_with("There is no summary yet."), "{folded}");
+    assert!(folded.contains("Message 1:"), "{folded}");
+}
+
 /// Once the conversation outgrows the context budget, its oldest messages are folded into a
 /// rolling summary by a model call of its own (no tools), and the reply's prompt carries
 /// that summary in their place. The fake model's default answer to the summary request
@@ -308,9 +315,7 @@ async fn history_past_the_budget_is_folded_into_a_rolling_summary() {
         summary["tools"].as_array().is_none_or(Vec::is_empty),
         "{summary}"
     );
-    let folded = summary["messages"][1]["content"].as_str().unwrap();
-    assert!(folded.starts_with("There is no summary yet."), "{folded}");
-    assert!(folded.contains("Message 1:"), "{folded}");
+    assert_folds_from_scratch(summary);
 
     // The same run's reply: the summary in the system message, the folded messages gone
     // from the history, the newest one there.
@@ -382,9 +387,7 @@ async fn a_summary_answered_with_tool_calls_fails_the_run_and_folds_nothing() {
     assert_eq!(sent.len(), written, "{}", gateway.log_text());
     let asked = summary_requests();
     assert_eq!(asked.len(), 2, "asked again");
-    let folded = asked[1]["messages"][1]["content"].as_str().unwrap();
-    assert!(folded.starts_with("There is no summary yet."), "{folded}");
-    assert!(folded.contains("Message 1:"), "{folded}");
+    assert_folds_from_scratch(&asked[1]);
 }
 
 /// The connection's health, on `/status` and to inbox watchers: a token Telegram refuses
