@@ -18,6 +18,8 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use moltbot_protocol::ids::MessageId;
+
 use super::model::{ChatMessage, ChatRequest};
 use crate::store::HistoryRow;
 
@@ -108,8 +110,8 @@ pub(crate) struct Context {
 /// The oldest history messages that [`build`] left out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Overflow {
-    /// Seq of the newest message left out: every message up to and including it is out.
-    pub up_to_seq: i64,
+    /// The newest message left out: every message up to and including it is out.
+    pub up_to: MessageId,
     /// How many messages were left out.
     pub messages: usize,
 }
@@ -157,7 +159,7 @@ pub(crate) fn build(input: &ContextInput) -> Context {
         let tokens = estimate_message_tokens(&chat);
         if tokens > left {
             overflow = Some(Overflow {
-                up_to_seq: message.seq,
+                up_to: message.id,
                 messages: index + 1,
             });
             break;
@@ -367,8 +369,6 @@ fn truncate_middle(text: &str, max_tokens: u32) -> Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use moltbot_protocol::ids::MessageId;
-
     use super::*;
 
     const NOW: &str = "2025-03-04T10:15:00Z";
@@ -376,7 +376,6 @@ mod tests {
     fn message(seq: i64, inbound: bool, text: &str) -> HistoryRow {
         HistoryRow {
             id: MessageId(ulid::Ulid::from_parts(seq as u64, 0)),
-            seq,
             inbound,
             sender: inbound.then(|| "Ann".into()),
             text: text.into(),
@@ -535,7 +534,7 @@ mod tests {
         assert_eq!(
             context.overflow,
             Some(Overflow {
-                up_to_seq: history[first_kept - 1].seq,
+                up_to: history[first_kept - 1].id,
                 messages: first_kept,
             })
         );
@@ -637,7 +636,7 @@ mod tests {
         assert_eq!(
             context.overflow,
             Some(Overflow {
-                up_to_seq: 1,
+                up_to: MessageId(ulid::Ulid::from_parts(1, 0)),
                 messages: 1
             })
         );

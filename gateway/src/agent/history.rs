@@ -27,8 +27,8 @@ pub(crate) const MAX_AGE: Duration = Duration::from_secs(300);
 pub(crate) struct CachedHistory {
     /// The conversation's `history_rev` when the copy was read.
     rev: i64,
-    /// The seq the rolling summary covered then; only later messages are in the copy.
-    summary_up_to: Option<i64>,
+    /// The last message the rolling summary covered then; only later messages are in the copy.
+    summary_up_to: Option<MessageId>,
     /// The newest message read; the next run reads only later ones.
     last_id: MessageId,
     /// When the copy was last read in full.
@@ -41,7 +41,7 @@ pub(crate) struct CachedHistory {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Revision {
     pub rev: i64,
-    pub summary_up_to: Option<i64>,
+    pub summary_up_to: Option<MessageId>,
     /// The message the run answers: the history ends there.
     pub answered: MessageId,
 }
@@ -172,17 +172,17 @@ impl HistoryCache {
 mod tests {
     use super::*;
 
-    fn row(seq: i64, text: &str) -> HistoryRow {
+    /// The `n`th message: its id's time is `n`.
+    fn row(n: u64, text: &str) -> HistoryRow {
         HistoryRow {
-            id: MessageId(ulid::Ulid::from_parts(seq as u64, 0)),
-            seq,
-            inbound: seq % 2 == 1,
+            id: MessageId(ulid::Ulid::from_parts(n, 0)),
+            inbound: n % 2 == 1,
             sender: Some("Ann".into()),
             text: text.into(),
         }
     }
 
-    fn at(rev: i64, answered: i64) -> Revision {
+    fn at(rev: i64, answered: u64) -> Revision {
         Revision {
             rev,
             summary_up_to: None,
@@ -191,12 +191,15 @@ mod tests {
     }
 
     fn cached(cache: &HistoryCache, conversation: ConversationId, rows: Vec<HistoryRow>) {
-        let answered = rows.last().unwrap().seq;
-        cache.put(conversation, at(0, answered), Instant::now(), rows);
+        let at = Revision {
+            answered: rows.last().unwrap().id,
+            ..at(0, 0)
+        };
+        cache.put(conversation, at, Instant::now(), rows);
     }
 
-    fn seqs(messages: &[HistoryRow]) -> Vec<i64> {
-        messages.iter().map(|m| m.seq).collect()
+    fn numbers(messages: &[HistoryRow]) -> Vec<u64> {
+        messages.iter().map(|m| m.id.0.timestamp_ms()).collect()
     }
 
     #[test]
@@ -211,7 +214,7 @@ mod tests {
         let copy = cache.take(conversation).unwrap();
         assert_eq!(copy.read_after(), Some(row(3, "").id));
         let extended = copy.extend(at(0, 5), vec![row(4, "a"), row(5, "b")], 4);
-        assert_eq!(seqs(&extended.unwrap()), [2, 3, 4, 5]);
+        assert_eq!(numbers(&extended.unwrap()), [2, 3, 4, 5]);
         assert!(
             cache.take(conversation).is_none(),
             "a run owns the copy it took"
@@ -251,7 +254,7 @@ mod tests {
 
         cached(&cache, conversation, rows());
         let summarised = Revision {
-            summary_up_to: Some(2),
+            summary_up_to: Some(row(2, "").id),
             ..at(0, 4)
         };
         assert!(

@@ -395,9 +395,8 @@ impl Agent {
             })
         };
         let mut built = input(summary.as_deref(), &history);
-        if let Some(Overflow { up_to_seq, .. }) = built.overflow {
-            let (older, newer): (Vec<_>, Vec<_>) =
-                history.into_iter().partition(|h| h.seq <= up_to_seq);
+        if let Some(Overflow { up_to, .. }) = built.overflow {
+            let (older, newer): (Vec<_>, Vec<_>) = history.into_iter().partition(|h| h.id <= up_to);
             let request =
                 context::summary_request(summary.as_deref(), &older, agent.max_reply_tokens);
             let turn = self.turn(&model, &request, agent, usage, None).await?;
@@ -407,10 +406,10 @@ impl Agent {
                 ModelError::Invalid("the model answered the summary request with tool calls".into())
             })?;
             self.store
-                .save_summary(run.conversation_id, text.clone(), up_to_seq)
+                .save_summary(run.conversation_id, text.clone(), up_to)
                 .await?;
             summary = Some(text);
-            at.summary_up_to = Some(up_to_seq);
+            at.summary_up_to = Some(up_to);
             history = newer;
             built = input(summary.as_deref(), &history);
         }

@@ -186,7 +186,7 @@ pub(crate) enum AgentWrite {
     SaveSummary {
         conversation_id: ConversationId,
         summary: String,
-        up_to_seq: i64,
+        up_to: MessageId,
     },
     AddFact {
         text: String,
@@ -249,16 +249,21 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &AgentWrite) -> Result<Written, Sto
         AgentWrite::SaveSummary {
             conversation_id,
             summary,
-            up_to_seq,
+            up_to,
         } => {
             // A summary only moves forward: two runs must not replace a longer one.
             cx.execute(
-                "INSERT INTO conversation_summaries (conversation_id, summary, up_to_seq, updated_at)
+                "INSERT INTO conversation_summaries (conversation_id, summary, up_to, updated_at)
                  VALUES (?, ?, ?, ?)
                  ON CONFLICT (conversation_id) DO UPDATE SET summary = excluded.summary,
-                    up_to_seq = excluded.up_to_seq, updated_at = excluded.updated_at
-                 WHERE excluded.up_to_seq > conversation_summaries.up_to_seq",
-                params![conversation_id.to_string(), summary, up_to_seq, cx.now],
+                    up_to = excluded.up_to, updated_at = excluded.updated_at
+                 WHERE excluded.up_to > conversation_summaries.up_to",
+                params![
+                    conversation_id.to_string(),
+                    summary,
+                    up_to.to_string(),
+                    cx.now
+                ],
             )?;
             Ok(Written::Done)
         }
@@ -694,9 +699,8 @@ pub struct QueuedRun {
 /// One stored message of a conversation's history, as a run's prompt is built from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRow {
+    /// Sorts as the times the messages were sent.
     pub id: MessageId,
-    /// The message's position in the conversation; increases with time.
-    pub seq: i64,
     /// From the person (or group members) rather than from Pi or the owner.
     pub inbound: bool,
     /// Display name of an inbound message's author.
@@ -721,7 +725,7 @@ pub struct RunContext {
     pub connection: String,
     pub chat: String,
     pub kind: ConversationKind,
-    pub summary: Option<(String, i64)>,
+    pub summary: Option<(String, MessageId)>,
     pub facts: Vec<String>,
     /// Changes when a stored message of the conversation is edited, deleted or removed; a
     /// copy of the history read at the same revision differs only by newer messages.
@@ -747,14 +751,14 @@ macro_rules! context_sql {
             "WITH target (conversation_id, trigger, tokens) AS (",
             $target,
             ")
-         SELECT t.trigger, t.tokens, c.title, c.connection, c.provider_id, c.kind, s.summary, s.up_to_seq,
+         SELECT t.trigger, t.tokens, c.title, c.connection, c.provider_id, c.kind, s.summary, s.up_to,
             c.history_rev,
             (SELECT json_group_array(text) FROM
                 (SELECT text FROM memory_facts WHERE state = 'approved' ORDER BY approved_at)),
-            (SELECT json_group_array(json_array(id, seq, direction, sender, text)) FROM
-                (SELECT m.id, m.seq, m.direction, coalesce(i.display_name, i.handle, i.provider_id) AS sender, m.text
+            (SELECT json_group_array(json_array(id, direction, sender, text)) FROM
+                (SELECT m.id, m.direction, coalesce(i.display_name, i.handle, i.provider_id) AS sender, m.text
                  FROM messages m LEFT JOIN identities i ON i.id = m.sender_id
-                 WHERE m.conversation_id = t.conversation_id AND m.seq > coalesce(s.up_to_seq, 0)
+                 WHERE m.conversation_id = t.conversation_id AND m.id > coalesce(s.up_to, '')
                    AND m.deleted_at IS NULL AND m.text IS NOT NULL
                    AND (t.trigger IS NULL OR m.id <= t.trigger) AND m.id > coalesce(?4, '')
                  ORDER BY m.id DESC LIMIT ?3))
@@ -853,12 +857,12 @@ impl Store {
         &self,
         conversation_id: ConversationId,
         summary: String,
-        up_to_seq: i64,
+        up_to: MessageId,
     ) -> Result<(), StoreError> {
         self.agent_write(AgentWrite::SaveSummary {
             conversation_id,
             summary,
-            up_to_seq,
+            up_to,
         })
         .await
         .map(drop)
@@ -1143,7 +1147,7 @@ type ContextRow = (
     String,
     String,
     Option<String>,
-    Option<i64>,
+    Option<String>,
     i64,
     String,
     String,
@@ -1224,16 +1228,17 @@ fn decode_context(row: ContextRow) -> Result<TargetContext, StoreError> {
         chat,
         kind,
         summary,
-        up_to_seq,
+        up_to,
         history_rev,
         facts,
         history,
     ) = row;
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("run context: {e}"));
     let facts: Vec<String> = serde_json::from_str(&facts).map_err(corrupt)?;
-    let mut history: Vec<(String, i64, String, Option<String>, String)> =
+    let mut history: Vec<(String, String, Option<String>, String)> =
         serde_json::from_str(&history).map_err(corrupt)?;
-    history.sort_by_key(|(_, seq, ..)| *seq);
+    // Ids are ULIDs: their text sorts as the times the messages were sent.
+    history.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let context = RunContext {
         conversation_title: title,
         connection,
@@ -1241,15 +1246,14 @@ fn decode_context(row: ContextRow) -> Result<TargetContext, StoreError> {
         kind: kind
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("{e}")))?,
-        summary: summary.zip(up_to_seq),
+        summary: summary.zip(up_to.as_deref().map(parse_id).transpose()?),
         facts,
         history_rev,
         history: history
             .into_iter()
-            .map(|(id, seq, direction, sender, text)| {
+            .map(|(id, direction, sender, text)| {
                 Ok(HistoryRow {
                     id: parse_id(&id)?,
-                    seq,
                     inbound: direction == "inbound",
                     sender: sender.map(Arc::from),
                     text: text.into(),
