@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod backfill;
 pub mod bus;
 pub mod channels;
 pub mod config;

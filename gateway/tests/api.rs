@@ -597,6 +597,10 @@ async fn every_inbox_route_requires_the_token() {
         ),
         ("PUT", "/v1/conversations/01JD0000000000000000000000/pin"),
         ("POST", "/v1/conversations/01JD0000000000000000000000/read"),
+        (
+            "POST",
+            "/v1/conversations/01JD0000000000000000000000/backfill",
+        ),
         ("PUT", "/v1/conversations/01JD0000000000000000000000/send/t"),
         ("GET", "/v1/messages/01JD0000000000000000000000"),
         ("GET", "/v1/search?q=x"),
@@ -648,7 +652,7 @@ async fn every_inbox_route_requires_the_token() {
     assert!(
         api.metric("gateway_rejected_requests_total{code=\"unauthorized\"}")
             .await
-            >= 44.0
+            >= 48.0
     );
     assert!(
         !api.gateway.log_text().contains(TOKEN),
@@ -1081,6 +1085,54 @@ async fn messages_sent_here_can_be_edited_deleted_and_reacted_to() {
     );
     let hits: Page<SearchHit> = api.get_json("/v1/search?q=twelve").await;
     assert!(hits.items.is_empty(), "deleted text is gone from search");
+}
+
+/// Web chat has no history but the store's: a backfill there is refused as not supported,
+/// after the request itself was checked; nothing changes.
+#[tokio::test]
+async fn a_backfill_is_checked_and_refused_where_the_channel_keeps_no_history() {
+    let api = Api::start();
+    let (_, asked) = api.webchat("s1", "m1", "hello").await;
+    let path = format!(
+        "/v1/conversations/{}/backfill",
+        asked.conversation_id.unwrap()
+    );
+    let cases = [
+        (Some(json!({"limit": 0})), StatusCode::BAD_REQUEST),
+        (Some(json!({"limit": 1_001})), StatusCode::BAD_REQUEST),
+        (
+            Some(json!({"from": "sideways"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (Some(json!({"limt": 5})), StatusCode::UNPROCESSABLE_ENTITY),
+    ];
+    for (body, status) in cases {
+        let response = api.call(Method::POST, &path, body).await;
+        expect_error(response, status, ErrorCode::InvalidRequest).await;
+    }
+    for body in [None, Some(json!({"from": "earlier", "limit": 10}))] {
+        let response = api.call(Method::POST, &path, body).await;
+        let error = expect_error(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::NotSupported,
+        )
+        .await;
+        assert_eq!(
+            error.message,
+            "webchat connection webchat cannot read a chat's history"
+        );
+    }
+    let unknown = "/v1/conversations/01JD0000000000000000000000/backfill";
+    let response = api.call(Method::POST, unknown, None).await;
+    expect_error(response, StatusCode::NOT_FOUND, ErrorCode::NotFound).await;
+    let messages: Page<MessageView> = api
+        .get_json(&format!(
+            "/v1/conversations/{}/messages",
+            asked.conversation_id.unwrap()
+        ))
+        .await;
+    assert_eq!(messages.items.len(), 1);
 }
 
 #[tokio::test]

@@ -181,6 +181,10 @@ pub struct MessageView {
     pub edited_at: Option<Timestamp>,
     #[serde(default)]
     pub deleted: bool,
+    /// Read from the provider's history (backfill) rather than received when it was sent:
+    /// it never counted as unread and Pi did not answer it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backfilled: bool,
     /// Reactions on the message, one entry per emoji.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionView>,
@@ -219,6 +223,49 @@ pub struct SendMessage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EditMessage {
     pub text: String,
+}
+
+/// `POST /v1/conversations/{id}/backfill`: read the conversation's earlier messages from
+/// its provider into the inbox.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    #[serde(default)]
+    pub from: BackfillFrom,
+    /// Most messages to read, 1 to [`BackfillRequest::MAX_LIMIT`]; by default
+    /// [`BackfillRequest::DEFAULT_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl BackfillRequest {
+    pub const DEFAULT_LIMIT: u32 = 100;
+    pub const MAX_LIMIT: u32 = 1_000;
+}
+
+/// Where a backfill starts reading, going back in time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillFrom {
+    /// From the newest message, until it meets one the inbox has: catches up on what the
+    /// gateway missed.
+    #[default]
+    Latest,
+    /// From before the earliest message the inbox has: loads older history.
+    Earlier,
+}
+
+/// What a backfill read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillReport {
+    /// Messages new to the inbox.
+    pub stored: u32,
+    /// Messages the inbox had already.
+    pub known: u32,
+    /// Pages asked of the provider.
+    pub pages: u32,
+    /// The provider has no older messages than these.
+    pub complete: bool,
 }
 
 /// A person writing to their gateway through web chat.

@@ -6,6 +6,8 @@ use axum::response::{IntoResponse, Response};
 use moltbot_protocol::ProtocolError;
 use moltbot_protocol::inbox::{ApiError, ErrorCode};
 
+use crate::backfill::BackfillError;
+use crate::channels::HistoryError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -100,6 +102,26 @@ impl From<StoreError> for Failure {
                 )
             }
         }
+    }
+}
+
+impl From<BackfillError> for Failure {
+    fn from(e: BackfillError) -> Self {
+        let message = e.to_string();
+        let (status, code) = match e {
+            BackfillError::Store(e) => return e.into(),
+            BackfillError::NotSupported { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::NotSupported)
+            }
+            BackfillError::Provider {
+                error: HistoryError::Refused { .. },
+                ..
+            } => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            BackfillError::Provider { .. } | BackfillError::BadPage(_) => {
+                (StatusCode::BAD_GATEWAY, ErrorCode::ProviderUnavailable)
+            }
+        };
+        Failure::new(status, code, message)
     }
 }
 

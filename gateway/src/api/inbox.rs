@@ -8,15 +8,15 @@ use jiff::Timestamp;
 use moltbot_protocol::event::check_id;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::inbox::{
-    ConversationView, DEFAULT_PAGE_SIZE, Ingested, MAX_PAGE_SIZE, MarkRead, MessageView, Page,
-    SearchHit, SendMessage, WebchatMessage,
+    BackfillReport, BackfillRequest, ConversationView, DEFAULT_PAGE_SIZE, Ingested, MAX_PAGE_SIZE,
+    MarkRead, MessageView, Page, SearchHit, SendMessage, WebchatMessage,
 };
 use moltbot_protocol::{Event, EventType};
 use serde::Deserialize;
 
-use super::AppState;
 use super::error::Failure;
 use super::extract::{ApiPath, ApiQuery, BodyText, Json as JsonBody, OptionalJson};
+use super::{AppState, messages};
 use crate::channels::webchat;
 use crate::store::{ConversationFilter, IngestOutcome, OutboundMessage};
 
@@ -139,6 +139,33 @@ pub async fn mark_read(
 ) -> Result<Json<ConversationView>, Failure> {
     state.store.mark_read(id, body.up_to).await?;
     Ok(Json(state.store.conversation(id).await?))
+}
+
+/// `POST /v1/conversations/{id}/backfill`: reads the conversation's earlier messages from
+/// its provider, where the channel can (see [`crate::backfill`]).
+pub async fn backfill(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<ConversationId>,
+    OptionalJson(body): OptionalJson<BackfillRequest>,
+) -> Result<Json<BackfillReport>, Failure> {
+    let limit = body.limit.unwrap_or(BackfillRequest::DEFAULT_LIMIT);
+    if !(1..=BackfillRequest::MAX_LIMIT).contains(&limit) {
+        return Err(Failure::invalid(format!(
+            "limit must be from 1 to {}, not {limit}",
+            BackfillRequest::MAX_LIMIT
+        )));
+    }
+    let conversation = state.store.conversation(id).await?;
+    let connector = messages::connector_of(&state, &conversation)?;
+    let report = crate::backfill::backfill(
+        &state.store,
+        &*connector,
+        &conversation,
+        body.from,
+        limit as usize,
+    )
+    .await?;
+    Ok(Json(report))
 }
 
 /// `PUT /v1/conversations/{id}/send/{txn_id}`: the same txn id always answers with the

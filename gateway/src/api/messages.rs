@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use moltbot_protocol::event::check_id;
 use moltbot_protocol::ids::MessageId;
-use moltbot_protocol::inbox::{EditMessage, ErrorCode, MessageView};
+use moltbot_protocol::inbox::{ConversationView, EditMessage, ErrorCode, MessageView};
 
 use super::AppState;
 use super::error::Failure;
@@ -191,7 +191,15 @@ pub(super) async fn target(
 ) -> Result<(MessageView, Arc<dyn Connector>), Failure> {
     let message = state.store.message(id).await?;
     let conversation = state.store.conversation(message.conversation_id).await?;
-    let connector = state
+    Ok((message, connector_of(state, &conversation)?))
+}
+
+/// The connector of a conversation's connection.
+pub(super) fn connector_of(
+    state: &AppState,
+    conversation: &ConversationView,
+) -> Result<Arc<dyn Connector>, Failure> {
+    state
         .connectors
         .get(&conversation.connection)
         .cloned()
@@ -204,8 +212,7 @@ pub(super) async fn target(
                     conversation.connection
                 ),
             )
-        })?;
-    Ok((message, connector))
+        })
 }
 
 fn unsupported(connector: &dyn Connector, what: &str) -> Failure {

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
             put(inbox::pin).delete(inbox::unpin),
         )
         .route("/conversations/{id}/read", post(inbox::mark_read))
+        .route("/conversations/{id}/backfill", post(inbox::backfill))
         .route("/conversations/{id}/send/{txn_id}", put(inbox::send))
         .route(
             "/messages/{id}",

@@ -1,9 +1,9 @@
 //! Channel connectors. Each connection (web chat, one Telegram bot, …) is one
 //! [`Connector`]: it turns provider traffic into canonical events and delivers outbound
 //! messages. What only some providers can do is an optional capability ([`Webhook`],
-//! [`Typing`], [`Edit`], [`Delete`], [`Reactions`], [`Media`]) the connector hands out when
-//! it has it. There is no backfill capability: no connector can read a chat's history yet
-//! (Telegram's Bot API offers none).
+//! [`Typing`], [`Edit`], [`Delete`], [`Reactions`], [`Media`], [`Backfill`]) the connector
+//! hands out when it has it. Neither web chat (the store is its history) nor Telegram (the
+//! Bot API cannot read a chat's history) backfills; Slack, Discord and the bridge can.
 
 pub mod telegram;
 pub mod webchat;
@@ -128,6 +128,9 @@ pub trait Connector: Send + Sync + 'static {
     fn media(&self) -> Option<&dyn Media> {
         None
     }
+    fn backfill(&self) -> Option<&dyn Backfill> {
+        None
+    }
 }
 
 /// Takes provider deliveries on `POST /hooks/{connection}`.
@@ -205,6 +208,52 @@ pub trait Media: Send + Sync {
     fn max_bytes(&self) -> u64;
     /// Starts the download; a file over [`Media::max_bytes`] is refused, before or during it.
     async fn fetch(&self, file_id: &str) -> Result<MediaStream, MediaError>;
+}
+
+/// Where a page of a chat's history ends.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryRequest<'a> {
+    /// The conversation as the provider names it.
+    pub chat: &'a str,
+    pub kind: ConversationKind,
+    /// The provider id of a message: the page holds messages sent before it. `None`: the
+    /// newest messages.
+    pub before: Option<&'a str>,
+    /// Most messages in the page; never more than [`Backfill::max_page`].
+    pub limit: usize,
+}
+
+/// One page of a chat's history.
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// Newest first, each a `message.received` event as the connector makes them of live
+    /// traffic (the same provider ids, so the same dedupe keys). Messages it cannot read
+    /// are left out, as live ones are.
+    pub messages: Vec<Event>,
+    /// Whether the provider has older messages than these.
+    pub more: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum HistoryError {
+    /// The provider failed, could not be reached, or asked to come back later.
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will never succeed as asked: the chat is gone, or the connection may not read it.
+    #[error("{reason}")]
+    Refused { reason: String },
+}
+
+/// Reads a chat's earlier messages from the provider, page by page going back in time,
+/// for a conversation the gateway joined late or could not hear for a while.
+#[async_trait]
+pub trait Backfill: Send + Sync {
+    /// Most messages the provider gives in one page.
+    fn max_page(&self) -> usize;
+    async fn history(&self, request: &HistoryRequest<'_>) -> Result<HistoryPage, HistoryError>;
 }
 
 /// Keeps a connection's health in the store (and so on `/status` and the stream), as a

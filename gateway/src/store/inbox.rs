@@ -12,7 +12,10 @@ use rusqlite::{Row, params};
 use super::channels::{self, Receipt};
 use super::publish::Change;
 use super::write::Ctx;
-use super::{AuditEntry, IngestOutcome, StoreError, Written, agent, amend, ms, outbox, parse_id};
+use super::{
+    AuditEntry, BackfillOutcome, IngestOutcome, StoreError, Written, agent, amend, ms, outbox,
+    parse_id,
+};
 
 #[derive(Debug)]
 pub(crate) enum InboxWrite {
@@ -20,6 +23,12 @@ pub(crate) enum InboxWrite {
     Ingest {
         event: Box<Event>,
         receipt: Option<Receipt>,
+    },
+    /// Messages read from one chat's history: see [`super::Store::backfill`].
+    Backfill {
+        source: Source,
+        chat: String,
+        events: Vec<Event>,
     },
     Send(OutboundMessage),
     SetPinned {
@@ -57,6 +66,11 @@ pub(super) fn apply(cx: &mut Ctx<'_>, write: &InboxWrite) -> Result<Written, Sto
             }
             ingest(cx, event).map(Written::Ingested)
         }
+        InboxWrite::Backfill {
+            source,
+            chat,
+            events,
+        } => backfill(cx, source, chat, events).map(Written::Backfilled),
         InboxWrite::Send(message) => send(cx, message),
         InboxWrite::SetPinned {
             conversation_id,
@@ -125,7 +139,8 @@ fn ingest(cx: &mut Ctx<'_>, event: &Event) -> Result<IngestOutcome, StoreError> 
                 duplicate: true,
             });
         }
-        let (message_id, conversation_id) = insert_received(cx, event, message, key.as_str())?;
+        let (message_id, conversation_id) =
+            insert_received(cx, event, message, key.as_str(), Arrival::Live)?;
         return Ok(IngestOutcome {
             event_id: event.id,
             message_id: Some(message_id),
@@ -289,21 +304,39 @@ fn touched_message(
     }
 }
 
+/// How a message reached the store.
+#[derive(Clone, Copy)]
+enum Arrival {
+    /// As it was sent: it counts as unread, moves its conversation up and may start a run.
+    Live,
+    /// From the chat's history, with the time it was sent: see [`super::Store::backfill`].
+    Backfilled { sent_at: i64 },
+}
+
 fn insert_received(
     cx: &mut Ctx<'_>,
     event: &Event,
     message: &MessageReceived,
     dedupe_key: &str,
+    arrival: Arrival,
 ) -> Result<(MessageId, ConversationId), StoreError> {
     let source = &event.source;
     let (conversation_id, agent_mode) = upsert_conversation(cx, source, &message.conversation)?;
     let sender_id = upsert_identity(cx, source, &message.sender)?;
-    let message_id = MessageId(cx.new_id());
+    let message_id = match arrival {
+        Arrival::Live => MessageId(cx.new_id()),
+        // Ids sort as the inbox lists messages: a message from the history takes its place
+        // by the time it was sent, not by when the store learnt of it.
+        Arrival::Backfilled { sent_at } => MessageId(ulid::Ulid::from_parts(
+            u64::try_from(sent_at).unwrap_or(0),
+            cx.new_id().random(),
+        )),
+    };
     let id_text = message_id.to_string();
     cx.execute(
         "INSERT INTO messages (id, event_id, conversation_id, direction, status, sender_id, provider_message_id,
-                               text, reply_to, dedupe_key, sent_at, received_at)
-         VALUES (?, ?, ?, 'inbound', 'received', ?, ?, ?, ?, ?, ?, ?)",
+                               text, reply_to, dedupe_key, sent_at, received_at, backfilled)
+         VALUES (?, ?, ?, 'inbound', 'received', ?, ?, ?, ?, ?, ?, ?, ?)",
         params![
             id_text,
             event.id.to_string(),
@@ -315,9 +348,9 @@ fn insert_received(
             dedupe_key,
             ms(message.sent_at),
             cx.now,
+            matches!(arrival, Arrival::Backfilled { .. }),
         ],
     )?;
-    bump_conversation(cx, &conversation_id, message.text.as_deref(), true)?;
     for (position, attachment) in message.attachments.iter().enumerate() {
         cx.execute(
             "INSERT INTO attachments (message_id, position, kind, mime_type, size_bytes, file_name, provider_file_id)
@@ -335,15 +368,139 @@ fn insert_received(
     }
     cx.changed(Change::MessageCreated(message_id));
     cx.changed(Change::ConversationUpdated(conversation_id));
-    agent::on_message_received(
-        cx,
-        conversation_id,
-        message_id,
-        agent_mode,
-        message.conversation.kind,
-        message.mentions_self,
-    )?;
+    match arrival {
+        Arrival::Live => {
+            bump_conversation(cx, &conversation_id, message.text.as_deref(), true)?;
+            agent::on_message_received(
+                cx,
+                conversation_id,
+                message_id,
+                agent_mode,
+                message.conversation.kind,
+                message.mentions_self,
+            )?;
+        }
+        Arrival::Backfilled { sent_at } => {
+            cx.execute(
+                // Only a message newer than the conversation's last moves its preview; the
+                // SET expressions all read the row as it was.
+                "UPDATE conversations SET
+                     last_message_preview = CASE WHEN ?1 > coalesce(last_message_at, -1)
+                         THEN substr(?2, 1, 140) ELSE last_message_preview END,
+                     last_message_at = max(coalesce(last_message_at, ?1), ?1),
+                     last_activity_at = max(last_activity_at, ?1),
+                     updated_at = ?3
+                 WHERE id = ?4",
+                params![sent_at, message.text, cx.now, conversation_id.to_string()],
+            )?;
+        }
+    }
     Ok((message_id, conversation_id))
+}
+
+/// Stores one page of a chat's history. Every event must be a `message.received` of
+/// `chat` on `source`'s connection, or nothing is stored. A message the store already has
+/// (received live, backfilled before, or sent by this gateway: the same provider id) is
+/// counted as known and left as it is.
+fn backfill(
+    cx: &mut Ctx<'_>,
+    source: &Source,
+    chat: &str,
+    events: &[Event],
+) -> Result<BackfillOutcome, StoreError> {
+    let mut messages = Vec::with_capacity(events.len());
+    for event in events {
+        let message = match &event.body {
+            EventBody::MessageReceived(message) => message,
+            other => {
+                return Err(StoreError::Invalid(format!(
+                    "a backfill holds messages only, not {}",
+                    other.event_type().as_str()
+                )));
+            }
+        };
+        if event.source != *source || message.conversation.provider_id != chat {
+            return Err(StoreError::Invalid(format!(
+                "a backfill of chat {chat:?} on {} holds a message of chat {:?} on {}",
+                source.connection, message.conversation.provider_id, event.source.connection
+            )));
+        }
+        messages.push((event, message));
+    }
+    let sent_ids = ids_of_parts_sent(cx, source, chat)?;
+    let mut outcome = BackfillOutcome::default();
+    let mut conversation = None;
+    for (event, message) in messages {
+        let key = event.dedupe_key();
+        if is_known(cx, source, key.as_str(), message)?
+            || (message.provider_message_id.as_ref()).is_some_and(|id| sent_ids.contains(id))
+        {
+            outcome.known += 1;
+            continue;
+        }
+        // A provider's clock is not trusted past the store's.
+        let sent_at = ms(message.sent_at).clamp(0, cx.now);
+        let (_, conversation_id) = insert_received(
+            cx,
+            event,
+            message,
+            key.as_str(),
+            Arrival::Backfilled { sent_at },
+        )?;
+        conversation = Some(conversation_id);
+        outcome.stored += 1;
+    }
+    if let Some(conversation_id) = conversation {
+        // Pi's copy of the history only ever appends newer messages; these are older.
+        cx.execute(
+            "UPDATE conversations SET history_rev = history_rev + 1 WHERE id = ?",
+            [conversation_id.to_string()],
+        )?;
+    }
+    Ok(outcome)
+}
+
+/// Whether the store has this message: by its dedupe key, or by its provider id in its
+/// conversation (a message this gateway sent is stored with the id of its first part).
+fn is_known(
+    cx: &Ctx<'_>,
+    source: &Source,
+    dedupe_key: &str,
+    message: &MessageReceived,
+) -> Result<bool, StoreError> {
+    let found = cx.query_optional(
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM messages WHERE dedupe_key = ?1)
+            OR EXISTS (SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                       WHERE c.connection = ?2 AND c.provider_id = ?3 AND m.provider_message_id = ?4)",
+        params![
+            dedupe_key,
+            source.connection,
+            message.conversation.provider_id,
+            message.provider_message_id,
+        ],
+        |r| r.get::<_, i64>(0),
+    )?;
+    Ok(found.is_some())
+}
+
+/// The provider ids of the parts after the first of every message this gateway sent in
+/// the chat (a long reply goes out in several).
+fn ids_of_parts_sent(
+    cx: &Ctx<'_>,
+    source: &Source,
+    chat: &str,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut statement = cx.conn.prepare_cached(
+        "SELECT j.value FROM conversations c
+         JOIN messages m ON m.conversation_id = c.id AND m.direction = 'outbound'
+         JOIN outbox o ON o.id = m.id AND o.kind = 'send' AND json_array_length(o.provider_message_ids) > 1,
+              json_each(o.provider_message_ids) j
+         WHERE c.connection = ? AND c.provider_id = ? AND j.key > 0",
+    )?;
+    let ids = statement
+        .query_map(params![source.connection, chat], |r| r.get::<_, String>(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
 }
 
 /// A new message moves its conversation up the list and, if inbound, counts as unread.
@@ -625,7 +782,8 @@ fn recount_unread(cx: &Ctx<'_>, conversation_id: ConversationId) -> Result<(), S
         "UPDATE conversations SET unread_count = (
             SELECT count(*) FROM messages m
             WHERE m.conversation_id = conversations.id AND m.direction = 'inbound'
-              AND m.deleted_at IS NULL AND m.id > coalesce(conversations.read_up_to, ''))
+              AND m.deleted_at IS NULL AND NOT m.backfilled
+              AND m.id > coalesce(conversations.read_up_to, ''))
          WHERE id = ?",
         [conversation_id.to_string()],
     )?;

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use moltbot_protocol::event::Source;
 use moltbot_protocol::ids::{ConversationId, MessageId};
 use moltbot_protocol::{Event, EventId};
 use rusqlite::config::DbConfig;
@@ -109,6 +110,15 @@ pub struct IngestOutcome {
     pub duplicate: bool,
 }
 
+/// What one page of a chat's history did to the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackfillOutcome {
+    /// Messages new to the store.
+    pub stored: usize,
+    /// Messages it had already.
+    pub known: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct AuditEntry {
     pub actor: String,
@@ -145,6 +155,7 @@ impl Write {
 #[derive(Debug)]
 pub(crate) enum Written {
     Ingested(IngestOutcome),
+    Backfilled(BackfillOutcome),
     Sent {
         message_id: MessageId,
         duplicate: bool,
@@ -366,6 +377,30 @@ impl Store {
         };
         match self.submit(Write::Inbox(write)).await? {
             Written::Ingested(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores one page of `chat`'s history as read from the provider, in one transaction.
+    /// Each message takes its place in the conversation by the time it was sent (at the
+    /// latest now); it never counts as unread and never starts a run, and moves the
+    /// conversation's preview and last activity only if it is newer than its last
+    /// message. Every event must be a `message.received` of `chat` from `source`, or
+    /// nothing is stored. Pi's next run reads the history again in full; a message older
+    /// than the end of the conversation's rolling summary stays out of Pi's prompts.
+    pub async fn backfill(
+        &self,
+        source: Source,
+        chat: String,
+        events: Vec<Event>,
+    ) -> Result<BackfillOutcome, StoreError> {
+        let write = inbox::InboxWrite::Backfill {
+            source,
+            chat,
+            events,
+        };
+        match self.submit(Write::Inbox(write)).await? {
+            Written::Backfilled(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
     }
@@ -951,6 +986,247 @@ mod tests {
         );
         assert!(answered.last_message_at >= received.last_message_at);
         assert!(answered.updated_at >= received.updated_at);
+        writer.finish().await;
+    }
+
+    /// A message of `chat`'s history: `text` from ann, sent at `sent_at`.
+    fn from_history(provider_message_id: &str, text: &str, sent_at: &str) -> Event {
+        event(
+            "message.received",
+            json!({"conversation": {"provider_id": "chat"}, "provider_message_id": provider_message_id,
+                   "sender": {"provider_id": "ann"}, "text": text, "sent_at": sent_at}),
+        )
+    }
+
+    fn webchat() -> Source {
+        Source {
+            channel: moltbot_protocol::Channel::Webchat,
+            connection: "webchat".into(),
+        }
+    }
+
+    /// Oldest first, with whether each was backfilled.
+    async fn texts(store: &Store, conversation: ConversationId) -> Vec<(String, bool)> {
+        let page = store.messages(conversation, None, 100).await.unwrap();
+        (page.items.into_iter().rev())
+            .map(|m| (m.text.unwrap_or_default(), m.backfilled))
+            .collect()
+    }
+
+    /// A page of history: each message goes where the time it was sent puts it, the one
+    /// received live is known, and none counts as unread, moves the preview or starts a
+    /// run; Pi's next prompt has them in order.
+    #[tokio::test]
+    async fn backfilled_messages_go_where_their_time_puts_them_and_ask_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open_queuing(
+            dir.path(),
+            &StoreConfig::default(),
+            Arc::new(Metrics::new()),
+            moltbot_protocol::inbox::AgentMode::Autopilot,
+        )
+        .await;
+        let conversation = conversation(&store, "10").await;
+        let live = store.conversation(conversation).await.unwrap();
+        let runs = store.queued_runs(10, &HashSet::new()).await.unwrap();
+        assert_eq!(runs.len(), 1, "the live message asks Pi");
+
+        let page = vec![
+            message("10", "hello"),
+            from_history("9", "nine", "2026-11-20T09:00:00Z"),
+            from_history("8", "eight", "2026-11-20T08:00:00Z"),
+        ];
+        let outcome = store.backfill(webchat(), "chat".into(), page.clone());
+        assert_eq!(
+            outcome.await.unwrap(),
+            BackfillOutcome {
+                stored: 2,
+                known: 1
+            }
+        );
+        assert_eq!(
+            texts(&store, conversation).await,
+            [
+                ("eight".to_string(), true),
+                ("nine".to_string(), true),
+                ("hello".to_string(), false)
+            ]
+        );
+        let after = store.conversation(conversation).await.unwrap();
+        assert_eq!(after.unread_count, 1, "history is not unread");
+        assert_eq!(after.last_message_preview.as_deref(), Some("hello"));
+        assert_eq!(after.last_message_at, live.last_message_at);
+        assert_eq!(
+            store.queued_runs(10, &HashSet::new()).await.unwrap().len(),
+            1,
+            "history asks Pi nothing"
+        );
+        let again = store.backfill(webchat(), "chat".into(), page).await;
+        assert_eq!(
+            again.unwrap(),
+            BackfillOutcome {
+                stored: 0,
+                known: 3
+            }
+        );
+
+        let day = agent::UsageDay::of(jiff::Timestamp::now());
+        let start = store.run_start(runs[0].id, day, 50, None).await.unwrap();
+        let history: Vec<String> = (start.unwrap().context.history.iter())
+            .map(|h| h.text.to_string())
+            .collect();
+        assert_eq!(history, ["eight", "nine", "hello"], "in the order sent");
+
+        // Counting again (a deletion does) still leaves history out.
+        let deleted = event(
+            "message.deleted",
+            json!({"conversation": "chat", "provider_message_id": "9"}),
+        );
+        store.ingest(deleted).await.unwrap();
+        let recounted = store.conversation(conversation).await.unwrap();
+        assert_eq!(recounted.unread_count, 1);
+        writer.finish().await;
+    }
+
+    /// A message newer than the conversation's last (missed while the gateway was away)
+    /// becomes its preview; a message of another chat, or an event that is not a message,
+    /// makes the whole page refused and stores nothing.
+    #[tokio::test]
+    async fn history_newer_than_the_last_message_moves_the_preview_and_a_bad_page_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = conversation(&store, "10").await;
+        let before = store.conversation(conversation).await.unwrap();
+        let missed = from_history("11", "missed", "2099-01-01T00:00:00Z");
+        let outcome = store.backfill(webchat(), "chat".into(), vec![missed]);
+        assert_eq!(outcome.await.unwrap().stored, 1);
+        let after = store.conversation(conversation).await.unwrap();
+        assert_eq!(after.last_message_preview.as_deref(), Some("missed"));
+        assert!(
+            after.last_message_at.unwrap() <= jiff::Timestamp::now(),
+            "a time past the store's clock is taken as now"
+        );
+        assert!(after.last_message_at > before.last_message_at);
+        assert_eq!(after.unread_count, 1);
+        assert_eq!(
+            texts(&store, conversation).await.last().unwrap().0,
+            "missed"
+        );
+
+        let mut other_chat = from_history("3", "elsewhere", "2026-11-20T08:00:00Z");
+        if let moltbot_protocol::event::EventBody::MessageReceived(m) = &mut other_chat.body {
+            m.conversation.provider_id = "other".into();
+        }
+        let reaction = event(
+            "reaction.added",
+            json!({"conversation": "chat", "provider_message_id": "10",
+                   "sender": {"provider_id": "ann"}, "emoji": "👍"}),
+        );
+        for bad in [other_chat, reaction] {
+            let page = vec![from_history("4", "fine", "2026-11-20T08:00:00Z"), bad];
+            let refused = store.backfill(webchat(), "chat".into(), page).await;
+            assert!(
+                matches!(refused, Err(StoreError::Invalid(_))),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(texts(&store, conversation).await.len(), 2, "nothing stored");
+        writer.finish().await;
+    }
+
+    /// The gateway's own replies come back in a chat's history: every part is known by
+    /// the provider id it got, not stored again as a message from the bot.
+    #[tokio::test]
+    async fn every_part_this_gateway_sent_is_known_in_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = conversation(&store, "7").await;
+        let (reply, _) = store
+            .send(outbound(conversation, "t1", "reply"))
+            .await
+            .unwrap();
+        for (part, id) in ["8", "9"].into_iter().enumerate() {
+            store
+                .outbox_step(outbox::OutboxWrite::PartSent {
+                    row: reply.0,
+                    message_id: reply,
+                    part: part as u32,
+                    provider_message_id: Some(id.into()),
+                    last: part == 1,
+                })
+                .await
+                .unwrap();
+        }
+        let page = ["9", "8"].map(|id| from_history(id, "reply", "2026-11-21T10:00:01Z"));
+        let outcome = store.backfill(webchat(), "chat".into(), page.to_vec());
+        assert_eq!(
+            outcome.await.unwrap(),
+            BackfillOutcome {
+                stored: 0,
+                known: 2
+            }
+        );
+        writer.finish().await;
+    }
+
+    /// Migration 0010 moves each rolling summary's end from a seq to the id of the message
+    /// there (the newest at or before it); a summary with no message left is dropped.
+    #[tokio::test]
+    async fn a_summary_ends_at_the_id_of_the_message_its_seq_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut before = SqliteConnectOptions::new()
+            .filename(dir.path().join(DB_FILE))
+            .create_if_missing(true)
+            .foreign_keys(false)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations")
+            .run_to(9, &mut before)
+            .await
+            .unwrap();
+        for conversation in ["c", "gone"] {
+            sqlx::query(
+                "INSERT INTO conversations (id, channel, connection, provider_id, kind, last_activity_at, created_at, updated_at)
+                 VALUES (?, 'webchat', 'webchat', ?, 'dm', 0, 0, 0)",
+            )
+            .bind(conversation)
+            .bind(conversation)
+            .execute(&mut before)
+            .await
+            .unwrap();
+        }
+        for (seq, id) in [(1, "m1"), (2, "m2"), (4, "m4")] {
+            sqlx::query(
+                "INSERT INTO messages (seq, id, event_id, conversation_id, direction, status, dedupe_key, sent_at, received_at)
+                 VALUES (?, ?, 'e', 'c', 'inbound', 'received', ?, 0, 0)",
+            )
+            .bind(seq)
+            .bind(id)
+            .bind(id)
+            .execute(&mut before)
+            .await
+            .unwrap();
+        }
+        for (conversation, up_to_seq) in [("c", 3), ("gone", 9)] {
+            sqlx::query(
+                "INSERT INTO conversation_summaries (conversation_id, summary, up_to_seq, updated_at)
+                 VALUES (?, 'so far', ?, 0)",
+            )
+            .bind(conversation)
+            .bind(up_to_seq)
+            .execute(&mut before)
+            .await
+            .unwrap();
+        }
+        before.close().await.unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let summaries: Vec<(String, String)> =
+            sqlx::query_as("SELECT conversation_id, up_to FROM conversation_summaries")
+                .fetch_all(&store.reads)
+                .await
+                .unwrap();
+        assert_eq!(summaries, [("c".to_string(), "m2".to_string())]);
         writer.finish().await;
     }
 

@@ -14,7 +14,7 @@ use super::{Store, StoreError, from_ms, parse_id};
 
 const MESSAGE_COLUMNS: &str = "SELECT m.seq, m.id, m.conversation_id, m.direction, m.status, m.sender_id,
         i.provider_id AS sender_provider_id, i.display_name AS sender_name, m.text, m.provider_message_id,
-        m.reply_to, m.txn_id, m.sent_at, m.received_at, m.edited_at, m.deleted_at,
+        m.reply_to, m.txn_id, m.sent_at, m.received_at, m.edited_at, m.deleted_at, m.backfilled,
         (SELECT json_group_array(json_object('kind', a.kind, 'mime_type', a.mime_type, 'size_bytes', a.size_bytes,
                  'file_name', a.file_name, 'provider_file_id', a.provider_file_id) ORDER BY a.position)
            FROM attachments a WHERE a.message_id = m.id) AS attachments,
@@ -43,6 +43,7 @@ struct MessageRow {
     received_at: i64,
     edited_at: Option<i64>,
     deleted_at: Option<i64>,
+    backfilled: bool,
     attachments: String,
     reactions: String,
 }
@@ -84,6 +85,7 @@ impl MessageRow {
             received_at: from_ms(self.received_at)?,
             edited_at: self.edited_at.map(from_ms).transpose()?,
             deleted: self.deleted_at.is_some(),
+            backfilled: self.backfilled,
             reactions,
         })
     }
@@ -216,6 +218,24 @@ pub(super) async fn conversation(
 impl Store {
     pub async fn conversation(&self, id: ConversationId) -> Result<ConversationView, StoreError> {
         conversation(&mut *self.reads.acquire().await?, id).await
+    }
+
+    /// The provider id of the conversation's message sent first (by the provider's clock)
+    /// that has one: where reading its history further back starts. Rare enough to read
+    /// the conversation's messages without an index on `sent_at`.
+    pub async fn earliest_provider_message_id(
+        &self,
+        conversation: ConversationId,
+    ) -> Result<Option<String>, StoreError> {
+        let id = sqlx::query_scalar(
+            "SELECT provider_message_id FROM messages
+             WHERE conversation_id = ? AND provider_message_id IS NOT NULL
+             ORDER BY sent_at, id LIMIT 1",
+        )
+        .bind(conversation.to_string())
+        .fetch_optional(&mut *self.reads.acquire().await?)
+        .await?;
+        Ok(id)
     }
 
     pub async fn message(&self, id: MessageId) -> Result<MessageView, StoreError> {
