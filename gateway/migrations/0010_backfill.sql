@@ -2,10 +2,11 @@
 -- sent: they never count as unread and never start a run.
 ALTER TABLE messages ADD COLUMN backfilled INTEGER NOT NULL DEFAULT 0 CHECK (backfilled IN (0, 1));
 
--- The rolling summary ends at a message id rather than a seq. Ids follow the time a
--- message was sent; seqs follow the order the store learnt of them, and a backfilled
--- message arrives after newer ones. A summary whose last message is gone is dropped: the
--- next run summarises again.
+-- The rolling summary ends at a message id rather than a seq. A live message's id is
+-- minted as it arrives and a backfilled one's from the time it was sent, so ids sort as
+-- the conversation happened; seqs follow the order the store learnt of messages, and a
+-- backfilled message arrives after newer ones. A summary whose last message is gone is
+-- dropped: the next run summarises again.
 CREATE TABLE conversation_summaries_by_id (
     conversation_id TEXT PRIMARY KEY REFERENCES conversations (id),
     summary         TEXT NOT NULL,

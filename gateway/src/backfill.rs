@@ -1,57 +1,56 @@
 //! Reading a conversation's history from its provider into the inbox, page by page going
-//! back in time, through the connector's [`Backfill`](crate::channels::Backfill)
-//! capability. The store keeps each message once and in the place its send time gives it,
-//! never as unread and never as something for Pi to answer (see [`Store::backfill`]).
+//! back in time, through the connector's [`Backfill`] capability. The store keeps each
+//! message once and in the place its send time gives it, never as unread and never as
+//! something for Pi to answer (see [`Store::backfill`]).
 
 use moltbot_protocol::event::{Event, EventBody, Source};
 use moltbot_protocol::inbox::{BackfillFrom, BackfillReport, ConversationView};
 use thiserror::Error;
 
-use crate::channels::{Connector, HistoryError, HistoryRequest};
+use crate::channels::{Backfill, HistoryError, HistoryRequest};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum BackfillError {
-    #[error("{channel} connection {connection} cannot read a chat's history")]
-    NotSupported { channel: String, connection: String },
     /// The provider failed; the pages read before it are stored.
     #[error("reading the history from the provider failed after {stored} new messages: {error}")]
     Provider { error: HistoryError, stored: u32 },
-    /// The connector gave a page the store refused (a message of another chat): a bug in
-    /// the connector, not in the request.
+    /// The connector gave a page the store refused (an invalid message, or one of another
+    /// chat): a bug in the connector, not in the request.
     #[error("the provider's history could not be stored: {0}")]
     BadPage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// Reads at most `limit` messages of `conversation`'s history through `connector`.
-/// From [`BackfillFrom::Latest`] it stops at the first page holding a message the inbox
-/// has; from [`BackfillFrom::Earlier`] it starts before the earliest message the inbox
-/// has with a provider id (at the newest if none has one).
+/// Reads at most `limit` messages of `conversation`'s history through `history`, starting
+/// before the message with provider id `before` if given, else as `from` says: at the
+/// newest, or before the earliest the inbox has (at the newest if none has a provider id).
+/// From [`BackfillFrom::Latest`] it stops where the history reaches back to what the inbox
+/// has: at a known message older than a new one, or at a page with nothing new; from
+/// [`BackfillFrom::Earlier`] it reads on.
 pub async fn backfill(
     store: &Store,
-    connector: &dyn Connector,
+    history: &dyn Backfill,
     conversation: &ConversationView,
     from: BackfillFrom,
+    before: Option<String>,
     limit: usize,
 ) -> Result<BackfillReport, BackfillError> {
-    let history = connector
-        .backfill()
-        .ok_or_else(|| BackfillError::NotSupported {
-            channel: connector.channel().to_string(),
-            connection: connector.name().to_string(),
-        })?;
     let source = Source {
         channel: conversation.channel,
         connection: conversation.connection.clone(),
     };
-    let mut before = match from {
-        BackfillFrom::Latest => None,
-        BackfillFrom::Earlier => store.earliest_provider_message_id(conversation.id).await?,
+    let mut before = match (before, from) {
+        (Some(id), _) => Some(id),
+        (None, BackfillFrom::Latest) => None,
+        (None, BackfillFrom::Earlier) => {
+            store.earliest_provider_message_id(conversation.id).await?
+        }
     };
     let mut report = BackfillReport::default();
     let mut read = 0;
+    let mut found_new = false;
     while read < limit {
         let page_limit = (limit - read).min(history.max_page()).max(1);
         let request = HistoryRequest {
@@ -69,10 +68,11 @@ pub async fn backfill(
             })?;
         report.pages += 1;
         let mut messages = page.messages;
-        // A page longer than asked for would read past the limit.
+        // A page longer than asked for would read past the limit; the rest comes next.
+        let truncated = messages.len() > page_limit;
         messages.truncate(page_limit);
         read += messages.len();
-        let earliest = earliest_provider_id(&messages);
+        let oldest = messages.last().and_then(provider_id);
         let outcome = store
             .backfill(source.clone(), conversation.provider_id.clone(), messages)
             .await
@@ -83,15 +83,24 @@ pub async fn backfill(
                 }
                 other => other.into(),
             })?;
-        report.stored += u32::try_from(outcome.stored).unwrap_or(u32::MAX);
-        report.known += u32::try_from(outcome.known).unwrap_or(u32::MAX);
-        if !page.more {
+        report.stored += u32::try_from(outcome.stored()).unwrap_or(u32::MAX);
+        report.known += u32::try_from(outcome.known()).unwrap_or(u32::MAX);
+        if oldest.is_some() {
+            report.earliest.clone_from(&oldest);
+        }
+        if !page.more && !truncated {
             report.complete = true;
             break;
         }
-        let caught_up = from == BackfillFrom::Latest && outcome.known > 0;
-        // Without a new earliest id the next page would be this one again.
-        match earliest {
+        // Newest first: a known message after a new one is the bottom of a gap.
+        let mut caught_up = outcome.stored() == 0;
+        for &known in &outcome.known {
+            caught_up |= known && found_new;
+            found_new |= !known;
+        }
+        let caught_up = from == BackfillFrom::Latest && caught_up;
+        // Without a new oldest id the next page would be this one again.
+        match oldest {
             Some(id) if !caught_up && before.as_deref() != Some(id.as_str()) => before = Some(id),
             _ => break,
         }
@@ -108,19 +117,11 @@ pub async fn backfill(
     Ok(report)
 }
 
-/// The provider id of the message sent first: the next page ends before it.
-fn earliest_provider_id(messages: &[Event]) -> Option<String> {
-    messages
-        .iter()
-        .filter_map(|event| match &event.body {
-            EventBody::MessageReceived(message) => message
-                .provider_message_id
-                .as_ref()
-                .map(|id| (message.sent_at, id)),
-            _ => None,
-        })
-        .min_by_key(|(sent_at, _)| *sent_at)
-        .map(|(_, id)| id.clone())
+fn provider_id(event: &Event) -> Option<String> {
+    match &event.body {
+        EventBody::MessageReceived(message) => message.provider_message_id.clone(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -128,14 +129,12 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
-    use moltbot_protocol::Channel;
     use moltbot_protocol::ids::ConversationId;
     use tokio::sync::watch;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::bus::Bus;
-    use crate::channels::{Backfill, HistoryPage, OutgoingPart, SendError};
+    use crate::channels::HistoryPage;
     use crate::config::StoreConfig;
     use crate::metrics::Metrics;
     use crate::store::{RunPolicy, WriterHandle};
@@ -151,7 +150,8 @@ mod tests {
         fails: Option<usize>,
         /// Answers the newest page whatever `before` says.
         ignores_before: bool,
-        has_history: bool,
+        /// Answers this many messages more than asked for.
+        extra: usize,
     }
 
     impl Provider {
@@ -162,7 +162,7 @@ mod tests {
                 asked: Mutex::default(),
                 fails: None,
                 ignores_before: false,
-                has_history: true,
+                extra: 0,
             }
         }
 
@@ -187,26 +187,6 @@ mod tests {
     }
 
     #[async_trait]
-    impl Connector for Provider {
-        fn name(&self) -> &str {
-            "team"
-        }
-        fn channel(&self) -> Channel {
-            Channel::Slack
-        }
-        fn max_text_len(&self) -> usize {
-            4_000
-        }
-        async fn run(self: Arc<Self>, _shutdown: CancellationToken) {}
-        async fn send(&self, _part: &OutgoingPart<'_>) -> Result<Option<String>, SendError> {
-            Ok(None)
-        }
-        fn backfill(&self) -> Option<&dyn Backfill> {
-            self.has_history.then_some(self as &dyn Backfill)
-        }
-    }
-
-    #[async_trait]
     impl Backfill for Provider {
         fn max_page(&self) -> usize {
             self.max_page
@@ -217,16 +197,13 @@ mod tests {
             let mut asked = self.asked.lock().unwrap();
             asked.push((request.before.map(str::to_string), request.limit));
             if self.fails == Some(asked.len()) {
-                return Err(HistoryError::Unavailable {
-                    reason: "ratelimited".into(),
-                    retry_after: None,
-                });
+                return Err(HistoryError::Unavailable("ratelimited".into()));
             }
             let before = match request.before {
                 Some(id) if !self.ignores_before => id.parse().unwrap(),
                 _ => self.messages + 1,
             };
-            let ks: Vec<u32> = (1..before).rev().take(request.limit).collect();
+            let ks: Vec<u32> = (1..before).rev().take(request.limit + self.extra).collect();
             Ok(HistoryPage {
                 more: ks.last().is_some_and(|&k| k > 1),
                 messages: ks.into_iter().map(sent).collect(),
@@ -253,7 +230,7 @@ mod tests {
     }
 
     /// The conversation of messages `live`, received now.
-    async fn received_live(store: &Store, live: std::ops::RangeInclusive<u32>) -> ConversationView {
+    async fn received_live(store: &Store, live: impl IntoIterator<Item = u32>) -> ConversationView {
         let mut conversation: Option<ConversationId> = None;
         for k in live {
             conversation = store.ingest(sent(k)).await.unwrap().conversation_id;
@@ -275,30 +252,43 @@ mod tests {
             .collect()
     }
 
-    fn report(stored: u32, known: u32, pages: u32, complete: bool) -> BackfillReport {
+    fn report(
+        stored: u32,
+        known: u32,
+        pages: u32,
+        complete: bool,
+        earliest: u32,
+    ) -> BackfillReport {
         BackfillReport {
             stored,
             known,
             pages,
             complete,
+            earliest: Some(earliest.to_string()),
         }
     }
 
-    /// 41 to 45 were received live and 46 to 50 missed: catching up reads back to the first
-    /// page with a known message; earlier goes on from 41 down to the chat's first message.
+    /// 41 to 45 and 51 were received live, 46 to 50 missed: catching up reads back to the
+    /// first page that reaches a known message, past the known 51 on top; earlier goes on
+    /// from 41 down to the chat's first message.
     #[tokio::test]
-    async fn catching_up_stops_at_what_the_inbox_has_and_earlier_reads_on_from_its_first() {
+    async fn catching_up_fills_the_gap_below_the_newest_and_earlier_reads_on_from_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
-        let conversation = received_live(&store, 41..=45).await;
-        let provider = Provider::new(50);
+        let conversation = received_live(&store, (41..=45).chain([51])).await;
+        let provider = Provider::new(51);
+        let read = |from, limit| backfill(&store, &provider, &conversation, from, None, limit);
 
-        let caught_up = backfill(&store, &provider, &conversation, BackfillFrom::Latest, 100);
-        assert_eq!(caught_up.await.unwrap(), report(5, 3, 2, false));
-        assert_eq!(provider.asked(), [(None, 4), (Some("47".into()), 4)]);
+        assert_eq!(
+            read(BackfillFrom::Latest, 100).await.unwrap(),
+            report(5, 3, 2, false, 44)
+        );
+        assert_eq!(provider.asked(), [(None, 4), (Some("48".into()), 4)]);
 
-        let earlier = backfill(&store, &provider, &conversation, BackfillFrom::Earlier, 10);
-        assert_eq!(earlier.await.unwrap(), report(10, 0, 3, false));
+        assert_eq!(
+            read(BackfillFrom::Earlier, 10).await.unwrap(),
+            report(10, 0, 3, false, 31)
+        );
         assert_eq!(
             provider.asked()[2..],
             [
@@ -308,24 +298,50 @@ mod tests {
             ]
         );
 
+        assert_eq!(
+            read(BackfillFrom::Earlier, 1_000).await.unwrap(),
+            report(30, 0, 8, true, 1)
+        );
+        // The live ones were received a year after these times, so the inbox lists them
+        // last (a live message's id is minted on receipt); the rest in the order sent.
+        let expected: Vec<u32> = (1..=40).chain(46..=50).chain(41..=45).chain([51]).collect();
+        assert_eq!(numbers(&store, conversation.id).await, expected);
+        let after = store.conversation(conversation.id).await.unwrap();
+        assert_eq!(after.unread_count, 6, "only what was received live");
+        assert_eq!(after.last_message_preview.as_deref(), Some("message 51"));
+        writer.finish().await;
+    }
+
+    /// A catch-up the limit cut short goes on from the `earliest` it reported.
+    #[tokio::test]
+    async fn a_catch_up_cut_short_reads_on_from_where_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = received_live(&store, [45]).await;
+        let provider = Provider::new(50);
+        let cut = backfill(
+            &store,
+            &provider,
+            &conversation,
+            BackfillFrom::Latest,
+            None,
+            3,
+        );
+        let cut = cut.await.unwrap();
+        assert_eq!(cut, report(3, 0, 1, false, 48));
+        // 44 is older than what was received live: read with the page that reached 45.
         let rest = backfill(
             &store,
             &provider,
             &conversation,
-            BackfillFrom::Earlier,
-            1_000,
+            BackfillFrom::Latest,
+            cut.earliest,
+            100,
         );
-        assert_eq!(rest.await.unwrap(), report(30, 0, 8, true));
-        // 41 to 45 were received a year after these times were sent, so the inbox lists them
-        // last (ids of live messages are minted on receipt); the rest in the order sent.
-        let expected: Vec<u32> = (1..=40).chain(46..=50).chain(41..=45).collect();
-        assert_eq!(numbers(&store, conversation.id).await, expected);
-        let after = store.conversation(conversation.id).await.unwrap();
-        assert_eq!(after.unread_count, 5, "only what was received live");
+        assert_eq!(rest.await.unwrap(), report(3, 1, 1, false, 44));
         assert_eq!(
-            after.last_message_preview.as_deref(),
-            Some("message 45"),
-            "received after 46 to 50 were sent"
+            numbers(&store, conversation.id).await,
+            [44, 46, 47, 48, 49, 50, 45]
         );
         writer.finish().await;
     }
@@ -334,13 +350,20 @@ mod tests {
     async fn a_provider_failure_keeps_the_pages_before_it() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
-        let conversation = received_live(&store, 45..=45).await;
+        let conversation = received_live(&store, [45]).await;
         let provider = Provider {
             fails: Some(2),
             ..Provider::new(50)
         };
-        let failed = backfill(&store, &provider, &conversation, BackfillFrom::Earlier, 100).await;
-        match failed {
+        let failed = backfill(
+            &store,
+            &provider,
+            &conversation,
+            BackfillFrom::Earlier,
+            None,
+            100,
+        );
+        match failed.await {
             Err(BackfillError::Provider { stored: 4, error }) => {
                 assert_eq!(error.to_string(), "ratelimited")
             }
@@ -350,47 +373,41 @@ mod tests {
         writer.finish().await;
     }
 
-    #[tokio::test]
-    async fn a_channel_without_history_is_refused_and_asked_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = open(dir.path()).await;
-        let conversation = received_live(&store, 45..=45).await;
-        let provider = Provider {
-            has_history: false,
-            ..Provider::new(50)
-        };
-        let refused = backfill(&store, &provider, &conversation, BackfillFrom::Latest, 100).await;
-        assert!(
-            matches!(&refused, Err(BackfillError::NotSupported { .. })),
-            "{refused:?}"
-        );
-        assert_eq!(
-            refused.unwrap_err().to_string(),
-            "slack connection team cannot read a chat's history"
-        );
-        assert!(provider.asked().is_empty());
-        writer.finish().await;
-    }
-
     /// A provider that answers the same page whatever it is asked is read twice, not up
-    /// to the limit.
+    /// to the limit; one that answers more than asked is cut to the limit and read on.
     #[tokio::test]
-    async fn a_page_that_does_not_go_back_in_time_ends_the_backfill() {
+    async fn a_page_that_does_not_go_back_in_time_ends_the_backfill_and_a_long_one_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
-        let conversation = received_live(&store, 45..=45).await;
-        let provider = Provider {
+        let conversation = received_live(&store, [45]).await;
+        let stuck = Provider {
             ignores_before: true,
             ..Provider::new(50)
         };
         let read = backfill(
             &store,
-            &provider,
+            &stuck,
             &conversation,
             BackfillFrom::Earlier,
+            None,
             1_000,
         );
-        assert_eq!(read.await.unwrap(), report(4, 4, 2, false));
+        assert_eq!(read.await.unwrap(), report(4, 4, 2, false, 47));
+
+        let long = Provider {
+            extra: 10,
+            ..Provider::new(6)
+        };
+        let read = backfill(
+            &store,
+            &long,
+            &conversation,
+            BackfillFrom::Earlier,
+            Some("6".into()),
+            1_000,
+        );
+        assert_eq!(read.await.unwrap(), report(5, 0, 2, true, 1));
+        assert_eq!(long.asked(), [(Some("6".into()), 4), (Some("2".into()), 4)]);
         writer.finish().await;
     }
 }

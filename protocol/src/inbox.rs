@@ -232,6 +232,10 @@ pub struct EditMessage {
 pub struct BackfillRequest {
     #[serde(default)]
     pub from: BackfillFrom,
+    /// Start before the message with this provider id instead: to read on from where a
+    /// backfill the limit cut short ended (its report's `earliest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     /// Most messages to read, 1 to [`BackfillRequest::MAX_LIMIT`]; by default
     /// [`BackfillRequest::DEFAULT_LIMIT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,8 +251,8 @@ impl BackfillRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackfillFrom {
-    /// From the newest message, until it meets one the inbox has: catches up on what the
-    /// gateway missed.
+    /// From the newest message, until a page reaches back to one the inbox has: catches up
+    /// on what the gateway missed.
     #[default]
     Latest,
     /// From before the earliest message the inbox has: loads older history.
@@ -256,7 +260,7 @@ pub enum BackfillFrom {
 }
 
 /// What a backfill read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackfillReport {
     /// Messages new to the inbox.
     pub stored: u32,
@@ -266,6 +270,9 @@ pub struct BackfillReport {
     pub pages: u32,
     /// The provider has no older messages than these.
     pub complete: bool,
+    /// The provider id of the oldest message read: where to read on from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earliest: Option<String>,
 }
 
 /// A person writing to their gateway through web chat.

@@ -373,25 +373,20 @@ mod tests {
 
     const NOW: &str = "2025-03-04T10:15:00Z";
 
-    fn message(seq: i64, inbound: bool, text: &str) -> HistoryRow {
+    /// The `n`th message: its id's time is `n`.
+    fn message(n: u64, inbound: bool, text: &str) -> HistoryRow {
         HistoryRow {
-            id: MessageId(ulid::Ulid::from_parts(seq as u64, 0)),
+            id: MessageId(ulid::Ulid::from_parts(n, 0)),
             inbound,
             sender: inbound.then(|| "Ann".into()),
             text: text.into(),
         }
     }
 
-    /// `n` messages alternating person / Pi, seq 1..=n, each about 25 tokens.
-    fn history(n: i64) -> Vec<HistoryRow> {
-        (1..=n)
-            .map(|seq| {
-                message(
-                    seq,
-                    seq % 2 == 1,
-                    &format!("message {seq:03} {}", "x".repeat(84)),
-                )
-            })
+    /// Messages 1 to `count` alternating person / Pi, each about 25 tokens.
+    fn history(count: u64) -> Vec<HistoryRow> {
+        (1..=count)
+            .map(|n| message(n, n % 2 == 1, &format!("message {n:03} {}", "x".repeat(84))))
             .collect()
     }
 

@@ -6,10 +6,10 @@
 //! from the file again each time. (A run's start is now read on the writer's connection,
 //! whose cache stays warm; the copy still spares it decoding the whole history.) A run now
 //! reads only the messages newer than the ones kept here, and the whole history again
-//! only when the copy may differ from the store: a message was edited, deleted or removed
-//! (the conversation's `history_rev`), the rolling summary moved, or the copy is older
-//! than [`MAX_AGE`] (which bounds what no revision tracks, such as a sender's new display
-//! name).
+//! only when the copy may differ from the store: a message was edited, deleted or removed,
+//! or older ones backfilled (the conversation's `history_rev`), the rolling summary moved,
+//! or the copy is older than [`MAX_AGE`] (which bounds what no revision tracks, such as a
+//! sender's new display name).
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};

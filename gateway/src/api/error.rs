@@ -110,16 +110,14 @@ impl From<BackfillError> for Failure {
         let message = e.to_string();
         let (status, code) = match e {
             BackfillError::Store(e) => return e.into(),
-            BackfillError::NotSupported { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::NotSupported)
-            }
             BackfillError::Provider {
-                error: HistoryError::Refused { .. },
+                error: HistoryError::Refused(_),
                 ..
             } => (StatusCode::CONFLICT, ErrorCode::Conflict),
-            BackfillError::Provider { .. } | BackfillError::BadPage(_) => {
+            BackfillError::Provider { .. } => {
                 (StatusCode::BAD_GATEWAY, ErrorCode::ProviderUnavailable)
             }
+            BackfillError::BadPage(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         };
         Failure::new(status, code, message)
     }
@@ -146,5 +144,55 @@ impl From<ProtocolError> for Failure {
             }
         };
         Failure::new(status, code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backfill_failure_answers_by_whose_fault_it_is() {
+        let answers = [
+            (
+                BackfillError::Provider {
+                    error: HistoryError::Refused("channel_not_found".into()),
+                    stored: 0,
+                },
+                StatusCode::CONFLICT,
+                ErrorCode::Conflict,
+            ),
+            (
+                BackfillError::Provider {
+                    error: HistoryError::Unavailable("ratelimited".into()),
+                    stored: 4,
+                },
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::ProviderUnavailable,
+            ),
+            (
+                BackfillError::BadPage("a message of chat \"other\"".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+            ),
+            (
+                BackfillError::Store(StoreError::NotFound("conversation")),
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+            ),
+        ];
+        for (error, status, code) in answers {
+            let message = error.to_string();
+            let failure = Failure::from(error);
+            assert_eq!((failure.status, failure.code), (status, code), "{message}");
+        }
+        let failure = Failure::from(BackfillError::Provider {
+            error: HistoryError::Unavailable("ratelimited".into()),
+            stored: 4,
+        });
+        assert_eq!(
+            failure.message,
+            "reading the history from the provider failed after 4 new messages: ratelimited"
+        );
     }
 }

@@ -18,7 +18,7 @@ use super::error::Failure;
 use super::extract::{ApiPath, ApiQuery, BodyText, Json as JsonBody, OptionalJson};
 use super::{AppState, messages};
 use crate::channels::webchat;
-use crate::store::{ConversationFilter, IngestOutcome, OutboundMessage};
+use crate::store::{AuditEntry, ConversationFilter, IngestOutcome, OutboundMessage};
 
 /// Longest message text accepted from the API, in characters.
 const MAX_TEXT_CHARS: usize = 32_768;
@@ -142,7 +142,8 @@ pub async fn mark_read(
 }
 
 /// `POST /v1/conversations/{id}/backfill`: reads the conversation's earlier messages from
-/// its provider, where the channel can (see [`crate::backfill`]).
+/// its provider, where the channel can (see [`crate::backfill`]). Audited, whatever came
+/// of it.
 pub async fn backfill(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<ConversationId>,
@@ -155,17 +156,37 @@ pub async fn backfill(
             BackfillRequest::MAX_LIMIT
         )));
     }
+    if let Some(before) = &body.before {
+        check_id("before", before).map_err(|e| Failure::invalid(e.to_string()))?;
+    }
     let conversation = state.store.conversation(id).await?;
     let connector = messages::connector_of(&state, &conversation)?;
-    let report = crate::backfill::backfill(
+    let history = connector
+        .backfill()
+        .ok_or_else(|| messages::unsupported(&*connector, "read a chat's history"))?;
+    let read = crate::backfill::backfill(
         &state.store,
-        &*connector,
+        history,
         &conversation,
         body.from,
+        body.before.clone(),
         limit as usize,
     )
-    .await?;
-    Ok(Json(report))
+    .await;
+    let entry = AuditEntry {
+        actor: "inbox-api".into(),
+        action: "conversation.backfill".into(),
+        target: Some(id.to_string()),
+        detail: Some(serde_json::json!({
+            "request": body,
+            "report": read.as_ref().ok(),
+            "error": read.as_ref().err().map(ToString::to_string),
+        })),
+    };
+    if let Err(e) = state.store.audit(entry).await {
+        tracing::warn!(error = %e, conversation = %id, "cannot audit a backfill");
+    }
+    Ok(Json(read?))
 }
 
 /// `PUT /v1/conversations/{id}/send/{txn_id}`: the same txn id always answers with the

@@ -215,7 +215,7 @@ pub(super) fn connector_of(
         })
 }
 
-fn unsupported(connector: &dyn Connector, what: &str) -> Failure {
+pub(super) fn unsupported(connector: &dyn Connector, what: &str) -> Failure {
     Failure::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::NotSupported,

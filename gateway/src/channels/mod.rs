@@ -3,7 +3,8 @@
 //! messages. What only some providers can do is an optional capability ([`Webhook`],
 //! [`Typing`], [`Edit`], [`Delete`], [`Reactions`], [`Media`], [`Backfill`]) the connector
 //! hands out when it has it. Neither web chat (the store is its history) nor Telegram (the
-//! Bot API cannot read a chat's history) backfills; Slack, Discord and the bridge can.
+//! Bot API cannot read a chat's history) backfills: [`Backfill`] is there for the channels
+//! whose providers can (Slack, Discord, a device behind the bridge).
 
 pub mod telegram;
 pub mod webchat;
@@ -226,9 +227,10 @@ pub struct HistoryRequest<'a> {
 /// One page of a chat's history.
 #[derive(Debug)]
 pub struct HistoryPage {
-    /// Newest first, each a `message.received` event as the connector makes them of live
-    /// traffic (the same provider ids, so the same dedupe keys). Messages it cannot read
-    /// are left out, as live ones are.
+    /// Newest first, each a valid `message.received` event as the connector makes them of
+    /// live traffic (the same provider ids, so the same dedupe keys). Left out, as live:
+    /// messages it cannot read, and those of the connection's own account, which an
+    /// event cannot tell from the person's (the gateway's own sends are in the store).
     pub messages: Vec<Event>,
     /// Whether the provider has older messages than these.
     pub more: bool,
@@ -237,14 +239,11 @@ pub struct HistoryPage {
 #[derive(Debug, Error)]
 pub enum HistoryError {
     /// The provider failed, could not be reached, or asked to come back later.
-    #[error("{reason}")]
-    Unavailable {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    #[error("{0}")]
+    Unavailable(String),
     /// Will never succeed as asked: the chat is gone, or the connection may not read it.
-    #[error("{reason}")]
-    Refused { reason: String },
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Reads a chat's earlier messages from the provider, page by page going back in time,

@@ -699,7 +699,8 @@ pub struct QueuedRun {
 /// One stored message of a conversation's history, as a run's prompt is built from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryRow {
-    /// Sorts as the times the messages were sent.
+    /// Sorts as the conversation happened (minted as a message arrives, or from the time a
+    /// backfilled one was sent).
     pub id: MessageId,
     /// From the person (or group members) rather than from Pi or the owner.
     pub inbound: bool,
@@ -727,8 +728,9 @@ pub struct RunContext {
     pub kind: ConversationKind,
     pub summary: Option<(String, MessageId)>,
     pub facts: Vec<String>,
-    /// Changes when a stored message of the conversation is edited, deleted or removed; a
-    /// copy of the history read at the same revision differs only by newer messages.
+    /// Changes when a stored message of the conversation is edited, deleted or removed, or
+    /// older ones are backfilled; a copy of the history read at the same revision differs
+    /// only by newer messages.
     pub history_rev: i64,
     /// The newest messages after the summary (and after the `after` id asked for), oldest
     /// first.
@@ -1237,7 +1239,7 @@ fn decode_context(row: ContextRow) -> Result<TargetContext, StoreError> {
     let facts: Vec<String> = serde_json::from_str(&facts).map_err(corrupt)?;
     let mut history: Vec<(String, String, Option<String>, String)> =
         serde_json::from_str(&history).map_err(corrupt)?;
-    // Ids are ULIDs: their text sorts as the times the messages were sent.
+    // Ids are ULIDs: their text sorts as the ids do.
     history.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let context = RunContext {
         conversation_title: title,

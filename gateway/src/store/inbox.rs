@@ -1,5 +1,5 @@
-//! Writes of the inbox itself: canonical events in, messages sent through the API, pins
-//! and read markers, the audit log.
+//! Writes of the inbox itself: canonical events in, pages of a chat's history, messages sent
+//! through the API, pins and read markers, the audit log.
 
 use moltbot_protocol::Event;
 use moltbot_protocol::event::{
@@ -120,23 +120,25 @@ pub(super) fn audit(cx: &mut Ctx<'_>, entry: &AuditEntry) -> Result<(), StoreErr
 fn ingest(cx: &mut Ctx<'_>, event: &Event) -> Result<IngestOutcome, StoreError> {
     let key = event.dedupe_key();
     if let EventBody::MessageReceived(message) = &event.body {
-        let existing = cx.query_optional(
-            "SELECT id, conversation_id, event_id FROM messages WHERE dedupe_key = ?",
-            [key.as_str()],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            },
-        )?;
-        if let Some((message_id, conversation_id, event_id)) = existing {
+        if let Some(stored) = stored_message(cx, key.as_str())? {
+            let (message_id, conversation_id) =
+                (parse_id(&stored.id)?, parse_id(&stored.conversation_id)?);
+            if stored.backfilled {
+                // Read from the history before its live delivery came: it arrives now.
+                cx.execute(
+                    "UPDATE messages SET backfilled = 0 WHERE id = ?",
+                    [&stored.id],
+                )?;
+                let (_, agent_mode) =
+                    upsert_conversation(cx, &event.source, &message.conversation)?;
+                cx.changed(Change::MessageUpdated(message_id));
+                arrived_live(cx, conversation_id, message_id, agent_mode, message)?;
+            }
             return Ok(IngestOutcome {
-                event_id: parse_id(&event_id)?,
-                message_id: Some(parse_id(&message_id)?),
-                conversation_id: Some(parse_id(&conversation_id)?),
-                duplicate: true,
+                event_id: parse_id(&stored.event_id)?,
+                message_id: Some(message_id),
+                conversation_id: Some(conversation_id),
+                duplicate: !stored.backfilled,
             });
         }
         let (message_id, conversation_id) =
@@ -369,17 +371,7 @@ fn insert_received(
     cx.changed(Change::MessageCreated(message_id));
     cx.changed(Change::ConversationUpdated(conversation_id));
     match arrival {
-        Arrival::Live => {
-            bump_conversation(cx, &conversation_id, message.text.as_deref(), true)?;
-            agent::on_message_received(
-                cx,
-                conversation_id,
-                message_id,
-                agent_mode,
-                message.conversation.kind,
-                message.mentions_self,
-            )?;
-        }
+        Arrival::Live => arrived_live(cx, conversation_id, message_id, agent_mode, message)?,
         Arrival::Backfilled { sent_at } => {
             cx.execute(
                 // Only a message newer than the conversation's last moves its preview; the
@@ -398,10 +390,53 @@ fn insert_received(
     Ok((message_id, conversation_id))
 }
 
-/// Stores one page of a chat's history. Every event must be a `message.received` of
-/// `chat` on `source`'s connection, or nothing is stored. A message the store already has
-/// (received live, backfilled before, or sent by this gateway: the same provider id) is
-/// counted as known and left as it is.
+/// What an inbound message does as it arrives live: it moves its conversation up, counts
+/// as unread and may ask Pi.
+fn arrived_live(
+    cx: &mut Ctx<'_>,
+    conversation_id: ConversationId,
+    message_id: MessageId,
+    agent_mode: Option<AgentMode>,
+    message: &MessageReceived,
+) -> Result<(), StoreError> {
+    bump_conversation(cx, &conversation_id, message.text.as_deref(), true)?;
+    agent::on_message_received(
+        cx,
+        conversation_id,
+        message_id,
+        agent_mode,
+        message.conversation.kind,
+        message.mentions_self,
+    )
+}
+
+/// A message as stored, found by its dedupe key.
+struct StoredMessage {
+    id: String,
+    conversation_id: String,
+    event_id: String,
+    backfilled: bool,
+}
+
+fn stored_message(cx: &Ctx<'_>, dedupe_key: &str) -> Result<Option<StoredMessage>, StoreError> {
+    let found = cx.query_optional(
+        "SELECT id, conversation_id, event_id, backfilled FROM messages WHERE dedupe_key = ?",
+        [dedupe_key],
+        |r| {
+            Ok(StoredMessage {
+                id: r.get(0)?,
+                conversation_id: r.get(1)?,
+                event_id: r.get(2)?,
+                backfilled: r.get(3)?,
+            })
+        },
+    )?;
+    Ok(found)
+}
+
+/// Stores one page of a chat's history. Every event must be a valid `message.received` of
+/// `chat` on `source`'s connection, or nothing is stored. A message the store has (by its
+/// dedupe key: received live or backfilled before) is counted as known and left as it is.
 fn backfill(
     cx: &mut Ctx<'_>,
     source: &Source,
@@ -410,6 +445,9 @@ fn backfill(
 ) -> Result<BackfillOutcome, StoreError> {
     let mut messages = Vec::with_capacity(events.len());
     for event in events {
+        event
+            .validate()
+            .map_err(|e| StoreError::Invalid(format!("a message of the history: {e}")))?;
         let message = match &event.body {
             EventBody::MessageReceived(message) => message,
             other => {
@@ -427,15 +465,13 @@ fn backfill(
         }
         messages.push((event, message));
     }
-    let sent_ids = ids_of_parts_sent(cx, source, chat)?;
     let mut outcome = BackfillOutcome::default();
     let mut conversation = None;
     for (event, message) in messages {
         let key = event.dedupe_key();
-        if is_known(cx, source, key.as_str(), message)?
-            || (message.provider_message_id.as_ref()).is_some_and(|id| sent_ids.contains(id))
-        {
-            outcome.known += 1;
+        let known = stored_message(cx, key.as_str())?.is_some();
+        outcome.known.push(known);
+        if known {
             continue;
         }
         // A provider's clock is not trusted past the store's.
@@ -448,7 +484,6 @@ fn backfill(
             Arrival::Backfilled { sent_at },
         )?;
         conversation = Some(conversation_id);
-        outcome.stored += 1;
     }
     if let Some(conversation_id) = conversation {
         // Pi's copy of the history only ever appends newer messages; these are older.
@@ -458,49 +493,6 @@ fn backfill(
         )?;
     }
     Ok(outcome)
-}
-
-/// Whether the store has this message: by its dedupe key, or by its provider id in its
-/// conversation (a message this gateway sent is stored with the id of its first part).
-fn is_known(
-    cx: &Ctx<'_>,
-    source: &Source,
-    dedupe_key: &str,
-    message: &MessageReceived,
-) -> Result<bool, StoreError> {
-    let found = cx.query_optional(
-        "SELECT 1 WHERE EXISTS (SELECT 1 FROM messages WHERE dedupe_key = ?1)
-            OR EXISTS (SELECT 1 FROM messages m JOIN conversations c ON c.id = m.conversation_id
-                       WHERE c.connection = ?2 AND c.provider_id = ?3 AND m.provider_message_id = ?4)",
-        params![
-            dedupe_key,
-            source.connection,
-            message.conversation.provider_id,
-            message.provider_message_id,
-        ],
-        |r| r.get::<_, i64>(0),
-    )?;
-    Ok(found.is_some())
-}
-
-/// The provider ids of the parts after the first of every message this gateway sent in
-/// the chat (a long reply goes out in several).
-fn ids_of_parts_sent(
-    cx: &Ctx<'_>,
-    source: &Source,
-    chat: &str,
-) -> Result<std::collections::HashSet<String>, StoreError> {
-    let mut statement = cx.conn.prepare_cached(
-        "SELECT j.value FROM conversations c
-         JOIN messages m ON m.conversation_id = c.id AND m.direction = 'outbound'
-         JOIN outbox o ON o.id = m.id AND o.kind = 'send' AND json_array_length(o.provider_message_ids) > 1,
-              json_each(o.provider_message_ids) j
-         WHERE c.connection = ? AND c.provider_id = ? AND j.key > 0",
-    )?;
-    let ids = statement
-        .query_map(params![source.connection, chat], |r| r.get::<_, String>(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(ids)
 }
 
 /// A new message moves its conversation up the list and, if inbound, counts as unread.

@@ -111,12 +111,21 @@ pub struct IngestOutcome {
 }
 
 /// What one page of a chat's history did to the store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackfillOutcome {
+    /// Whether the store had each message already, in the page's order.
+    pub known: Vec<bool>,
+}
+
+impl BackfillOutcome {
     /// Messages new to the store.
-    pub stored: usize,
-    /// Messages it had already.
-    pub known: usize,
+    pub fn stored(&self) -> usize {
+        self.known.iter().filter(|known| !**known).count()
+    }
+
+    pub fn known(&self) -> usize {
+        self.known.len() - self.stored()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -1030,6 +1039,12 @@ mod tests {
         let live = store.conversation(conversation).await.unwrap();
         let runs = store.queued_runs(10, &HashSet::new()).await.unwrap();
         assert_eq!(runs.len(), 1, "the live message asks Pi");
+        let day = agent::UsageDay::of(jiff::Timestamp::now());
+        let context = async || {
+            let start = store.run_start(runs[0].id, day, 50, None).await.unwrap();
+            start.unwrap().context
+        };
+        let rev_before = context().await.history_rev;
 
         let page = vec![
             message("10", "hello"),
@@ -1037,13 +1052,7 @@ mod tests {
             from_history("8", "eight", "2026-11-20T08:00:00Z"),
         ];
         let outcome = store.backfill(webchat(), "chat".into(), page.clone());
-        assert_eq!(
-            outcome.await.unwrap(),
-            BackfillOutcome {
-                stored: 2,
-                known: 1
-            }
-        );
+        assert_eq!(outcome.await.unwrap().known, [true, false, false]);
         assert_eq!(
             texts(&store, conversation).await,
             [
@@ -1062,17 +1071,14 @@ mod tests {
             "history asks Pi nothing"
         );
         let again = store.backfill(webchat(), "chat".into(), page).await;
-        assert_eq!(
-            again.unwrap(),
-            BackfillOutcome {
-                stored: 0,
-                known: 3
-            }
-        );
+        assert_eq!(again.unwrap().known, [true; 3]);
 
-        let day = agent::UsageDay::of(jiff::Timestamp::now());
-        let start = store.run_start(runs[0].id, day, 50, None).await.unwrap();
-        let history: Vec<String> = (start.unwrap().context.history.iter())
+        let context = context().await;
+        assert!(
+            context.history_rev > rev_before,
+            "Pi's copy of the history is read again"
+        );
+        let history: Vec<String> = (context.history.iter())
             .map(|h| h.text.to_string())
             .collect();
         assert_eq!(history, ["eight", "nine", "hello"], "in the order sent");
@@ -1089,8 +1095,8 @@ mod tests {
     }
 
     /// A message newer than the conversation's last (missed while the gateway was away)
-    /// becomes its preview; a message of another chat, or an event that is not a message,
-    /// makes the whole page refused and stores nothing.
+    /// becomes its preview; a message of another chat, an invalid one, or an event that is
+    /// not a message, makes the whole page refused and stores nothing.
     #[tokio::test]
     async fn history_newer_than_the_last_message_moves_the_preview_and_a_bad_page_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -1099,7 +1105,7 @@ mod tests {
         let before = store.conversation(conversation).await.unwrap();
         let missed = from_history("11", "missed", "2099-01-01T00:00:00Z");
         let outcome = store.backfill(webchat(), "chat".into(), vec![missed]);
-        assert_eq!(outcome.await.unwrap().stored, 1);
+        assert_eq!(outcome.await.unwrap().known, [false]);
         let after = store.conversation(conversation).await.unwrap();
         assert_eq!(after.last_message_preview.as_deref(), Some("missed"));
         assert!(
@@ -1122,7 +1128,11 @@ mod tests {
             json!({"conversation": "chat", "provider_message_id": "10",
                    "sender": {"provider_id": "ann"}, "emoji": "👍"}),
         );
-        for bad in [other_chat, reaction] {
+        let mut empty = from_history("5", "gone", "2026-11-20T08:00:00Z");
+        if let moltbot_protocol::event::EventBody::MessageReceived(m) = &mut empty.body {
+            m.text = None;
+        }
+        for bad in [other_chat, reaction, empty] {
             let page = vec![from_history("4", "fine", "2026-11-20T08:00:00Z"), bad];
             let refused = store.backfill(webchat(), "chat".into(), page).await;
             assert!(
@@ -1134,38 +1144,105 @@ mod tests {
         writer.finish().await;
     }
 
-    /// The gateway's own replies come back in a chat's history: every part is known by
-    /// the provider id it got, not stored again as a message from the bot.
+    /// A message read from the history before its live delivery came arrives with that
+    /// delivery: unread, asking Pi, no longer marked backfilled. A second delivery is a
+    /// duplicate.
     #[tokio::test]
-    async fn every_part_this_gateway_sent_is_known_in_the_history() {
+    async fn a_live_delivery_of_a_backfilled_message_makes_it_arrive() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = open(dir.path()).await;
-        let conversation = conversation(&store, "7").await;
-        let (reply, _) = store
-            .send(outbound(conversation, "t1", "reply"))
+        let (store, writer) = open_queuing(
+            dir.path(),
+            &StoreConfig::default(),
+            Arc::new(Metrics::new()),
+            moltbot_protocol::inbox::AgentMode::Autopilot,
+        )
+        .await;
+        let conversation = conversation(&store, "1").await;
+        store.mark_read(conversation, None).await.unwrap();
+        let none_busy = HashSet::new();
+        let runs = || store.queued_runs(10, &none_busy);
+        assert_eq!(runs().await.unwrap().len(), 1);
+        let late = from_history("2", "late", "2026-11-21T10:00:05Z");
+        store
+            .backfill(webchat(), "chat".into(), vec![late.clone()])
             .await
             .unwrap();
-        for (part, id) in ["8", "9"].into_iter().enumerate() {
-            store
-                .outbox_step(outbox::OutboxWrite::PartSent {
-                    row: reply.0,
-                    message_id: reply,
-                    part: part as u32,
-                    provider_message_id: Some(id.into()),
-                    last: part == 1,
-                })
-                .await
-                .unwrap();
-        }
-        let page = ["9", "8"].map(|id| from_history(id, "reply", "2026-11-21T10:00:01Z"));
-        let outcome = store.backfill(webchat(), "chat".into(), page.to_vec());
         assert_eq!(
-            outcome.await.unwrap(),
-            BackfillOutcome {
-                stored: 0,
-                known: 2
-            }
+            store.conversation(conversation).await.unwrap().unread_count,
+            0
         );
+
+        let arrived = store.ingest(late.clone()).await.unwrap();
+        assert!(!arrived.duplicate);
+        let message = store.message(arrived.message_id.unwrap()).await.unwrap();
+        assert!(!message.backfilled);
+        let after = store.conversation(conversation).await.unwrap();
+        assert_eq!(after.unread_count, 1);
+        assert_eq!(after.last_message_preview.as_deref(), Some("late"));
+        let queued = runs().await.unwrap();
+        assert_eq!(queued.len(), 1, "one run per conversation at a time");
+        assert_eq!(
+            queued[0].trigger_message_id, message.id,
+            "it answers the arrival"
+        );
+
+        let again = store.ingest(late).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(
+            store.conversation(conversation).await.unwrap().unread_count,
+            1
+        );
+        writer.finish().await;
+    }
+
+    /// Pi's history starts after the rolling summary's last message, by id: a message
+    /// backfilled from before it stays out, one from after it is in; an older summary
+    /// never replaces a newer one.
+    #[tokio::test]
+    async fn the_history_after_a_summary_starts_past_its_last_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open_queuing(
+            dir.path(),
+            &StoreConfig::default(),
+            Arc::new(Metrics::new()),
+            moltbot_protocol::inbox::AgentMode::Autopilot,
+        )
+        .await;
+        // Ids minted a few milliseconds apart sort as they were minted.
+        let a_moment = || tokio::time::sleep(std::time::Duration::from_millis(5));
+        let mut ids = Vec::new();
+        for (n, text) in ["one", "two"].into_iter().enumerate() {
+            let stored = store.ingest(message(&n.to_string(), text)).await.unwrap();
+            ids.push(stored.message_id.unwrap());
+        }
+        let conversation = store.message(ids[0]).await.unwrap().conversation_id;
+        store
+            .save_summary(conversation, "one, two".into(), ids[1])
+            .await
+            .unwrap();
+        store
+            .save_summary(conversation, "one".into(), ids[0])
+            .await
+            .unwrap();
+        a_moment().await;
+        let page = vec![
+            from_history("9", "long ago", "2020-01-01T00:00:00Z"),
+            from_history("10", "meanwhile", &jiff::Timestamp::now().to_string()),
+        ];
+        store
+            .backfill(webchat(), "chat".into(), page)
+            .await
+            .unwrap();
+        a_moment().await;
+        store.ingest(message("3", "three")).await.unwrap();
+        let run = store.queued_runs(10, &HashSet::new()).await.unwrap()[0].id;
+        let day = agent::UsageDay::of(jiff::Timestamp::now());
+        let context = store.run_start(run, day, 50, None).await.unwrap().unwrap();
+        assert_eq!(context.context.summary, Some(("one, two".into(), ids[1])));
+        let history: Vec<String> = (context.context.history.iter())
+            .map(|h| h.text.to_string())
+            .collect();
+        assert_eq!(history, ["meanwhile", "three"]);
         writer.finish().await;
     }
 

@@ -314,7 +314,9 @@ impl Store {
         paginate(rows, limit, |r| encode_cursor(&r.id), MessageRow::into_view)
     }
 
-    /// Full-text search over message text, newest first. Every word of `query` must match;
+    /// Full-text search over message text, the messages the store learnt of last first (a
+    /// backfilled message ranks by when it was read: ordering by id would sort every match,
+    /// where the index hands them out in this order). Every word of `query` must match;
     /// the last one may be a prefix. Query syntax characters are taken literally.
     pub async fn search(
         &self,
