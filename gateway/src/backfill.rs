@@ -3,7 +3,7 @@
 //! message once and in the place its send time gives it, never as unread and never as
 //! something for Pi to answer (see [`Store::backfill`]).
 
-use moltbot_protocol::event::{Event, EventBody, Source};
+use moltbot_protocol::event::Source;
 use moltbot_protocol::inbox::{BackfillFrom, BackfillReport, ConversationView};
 use thiserror::Error;
 
@@ -26,9 +26,8 @@ pub enum BackfillError {
 /// Reads at most `limit` messages of `conversation`'s history through `history`, starting
 /// before the message with provider id `before` if given, else as `from` says: at the
 /// newest, or before the earliest the inbox has (at the newest if none has a provider id).
-/// From [`BackfillFrom::Latest`] it stops where the history reaches back to what the inbox
-/// has: at a known message older than a new one, or at a page with nothing new; from
-/// [`BackfillFrom::Earlier`] it reads on.
+/// From [`BackfillFrom::Latest`] it stops at a message the inbox has that comes below one
+/// it did not have (the bottom of a gap); from [`BackfillFrom::Earlier`] it reads on.
 pub async fn backfill(
     store: &Store,
     history: &dyn Backfill,
@@ -67,43 +66,46 @@ pub async fn backfill(
                 stored: report.stored,
             })?;
         report.pages += 1;
-        let mut messages = page.messages;
-        // A page longer than asked for would read past the limit; the rest comes next.
-        let truncated = messages.len() > page_limit;
-        messages.truncate(page_limit);
-        read += messages.len();
-        let oldest = messages.last().and_then(provider_id);
+        if page.messages.len() > page_limit {
+            return Err(bad_page(
+                conversation,
+                format!(
+                    "a page of {} messages where at most {page_limit} were asked for",
+                    page.messages.len()
+                ),
+            ));
+        }
+        // An empty page (all left out) counts as one message, so that the pages end too.
+        read += page.messages.len().max(1);
         let outcome = store
-            .backfill(source.clone(), conversation.provider_id.clone(), messages)
+            .backfill(
+                source.clone(),
+                conversation.provider_id.clone(),
+                page.messages,
+            )
             .await
             .map_err(|e| match e {
-                StoreError::Invalid(reason) => {
-                    tracing::error!(connection = %conversation.connection, %reason, "a connector's history page was refused");
-                    BackfillError::BadPage(reason)
-                }
+                StoreError::Invalid(reason) => bad_page(conversation, reason),
                 other => other.into(),
             })?;
         report.stored += u32::try_from(outcome.stored()).unwrap_or(u32::MAX);
         report.known += u32::try_from(outcome.known()).unwrap_or(u32::MAX);
-        if oldest.is_some() {
-            report.earliest.clone_from(&oldest);
-        }
-        if !page.more && !truncated {
+        report.next_before.clone_from(&page.older);
+        let Some(older) = page.older else {
             report.complete = true;
             break;
-        }
+        };
         // Newest first: a known message after a new one is the bottom of a gap.
-        let mut caught_up = outcome.stored() == 0;
+        let mut caught_up = false;
         for &known in &outcome.known {
             caught_up |= known && found_new;
             found_new |= !known;
         }
-        let caught_up = from == BackfillFrom::Latest && caught_up;
-        // Without a new oldest id the next page would be this one again.
-        match oldest {
-            Some(id) if !caught_up && before.as_deref() != Some(id.as_str()) => before = Some(id),
-            _ => break,
+        // A provider that does not go back would answer this page again.
+        if (caught_up && from == BackfillFrom::Latest) || before.as_deref() == Some(&older) {
+            break;
         }
+        before = Some(older);
     }
     tracing::info!(
         connection = %conversation.connection,
@@ -117,11 +119,9 @@ pub async fn backfill(
     Ok(report)
 }
 
-fn provider_id(event: &Event) -> Option<String> {
-    match &event.body {
-        EventBody::MessageReceived(message) => message.provider_message_id.clone(),
-        _ => None,
-    }
+fn bad_page(conversation: &ConversationView, reason: String) -> BackfillError {
+    tracing::error!(connection = %conversation.connection, %reason, "a connector's history page was refused");
+    BackfillError::BadPage(reason)
 }
 
 #[cfg(test)]
@@ -129,6 +129,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use async_trait::async_trait;
+    use moltbot_protocol::event::Event;
     use moltbot_protocol::ids::ConversationId;
     use tokio::sync::watch;
 
@@ -152,6 +153,8 @@ mod tests {
         ignores_before: bool,
         /// Answers this many messages more than asked for.
         extra: usize,
+        /// Messages of the connection's own account, left out of the pages.
+        own: std::ops::RangeInclusive<u32>,
     }
 
     impl Provider {
@@ -163,6 +166,7 @@ mod tests {
                 fails: None,
                 ignores_before: false,
                 extra: 0,
+                own: 0..=0,
             }
         }
 
@@ -205,8 +209,11 @@ mod tests {
             };
             let ks: Vec<u32> = (1..before).rev().take(request.limit + self.extra).collect();
             Ok(HistoryPage {
-                more: ks.last().is_some_and(|&k| k > 1),
-                messages: ks.into_iter().map(sent).collect(),
+                older: ks.last().filter(|&&k| k > 1).map(u32::to_string),
+                messages: (ks.into_iter())
+                    .filter(|k| !self.own.contains(k))
+                    .map(sent)
+                    .collect(),
             })
         }
     }
@@ -252,19 +259,24 @@ mod tests {
             .collect()
     }
 
-    fn report(
-        stored: u32,
-        known: u32,
-        pages: u32,
-        complete: bool,
-        earliest: u32,
-    ) -> BackfillReport {
+    /// What a backfill that is to read on before message `next` reports.
+    fn report(stored: u32, known: u32, pages: u32, next: u32) -> BackfillReport {
         BackfillReport {
             stored,
             known,
             pages,
-            complete,
-            earliest: Some(earliest.to_string()),
+            complete: false,
+            next_before: Some(next.to_string()),
+        }
+    }
+
+    fn complete(stored: u32, known: u32, pages: u32) -> BackfillReport {
+        BackfillReport {
+            stored,
+            known,
+            pages,
+            complete: true,
+            next_before: None,
         }
     }
 
@@ -281,13 +293,13 @@ mod tests {
 
         assert_eq!(
             read(BackfillFrom::Latest, 100).await.unwrap(),
-            report(5, 3, 2, false, 44)
+            report(5, 3, 2, 44)
         );
         assert_eq!(provider.asked(), [(None, 4), (Some("48".into()), 4)]);
 
         assert_eq!(
             read(BackfillFrom::Earlier, 10).await.unwrap(),
-            report(10, 0, 3, false, 31)
+            report(10, 0, 3, 31)
         );
         assert_eq!(
             provider.asked()[2..],
@@ -300,7 +312,7 @@ mod tests {
 
         assert_eq!(
             read(BackfillFrom::Earlier, 1_000).await.unwrap(),
-            report(30, 0, 8, true, 1)
+            complete(30, 0, 8)
         );
         // The live ones were received a year after these times, so the inbox lists them
         // last (a live message's id is minted on receipt); the rest in the order sent.
@@ -312,7 +324,26 @@ mod tests {
         writer.finish().await;
     }
 
-    /// A catch-up the limit cut short goes on from the `earliest` it reported.
+    /// Pages of messages received since the gap are read through to reach it.
+    #[tokio::test]
+    async fn catching_up_reaches_a_gap_under_pages_of_known_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = received_live(&store, (41..=45).chain(51..=60)).await;
+        let provider = Provider::new(60);
+        let read = backfill(
+            &store,
+            &provider,
+            &conversation,
+            BackfillFrom::Latest,
+            None,
+            100,
+        );
+        assert_eq!(read.await.unwrap(), report(5, 11, 4, 45));
+        writer.finish().await;
+    }
+
+    /// A catch-up the limit cut short goes on from the `next_before` it reported.
     #[tokio::test]
     async fn a_catch_up_cut_short_reads_on_from_where_it_ended() {
         let dir = tempfile::tempdir().unwrap();
@@ -328,17 +359,17 @@ mod tests {
             3,
         );
         let cut = cut.await.unwrap();
-        assert_eq!(cut, report(3, 0, 1, false, 48));
+        assert_eq!(cut, report(3, 0, 1, 48));
         // 44 is older than what was received live: read with the page that reached 45.
         let rest = backfill(
             &store,
             &provider,
             &conversation,
             BackfillFrom::Latest,
-            cut.earliest,
+            cut.next_before,
             100,
         );
-        assert_eq!(rest.await.unwrap(), report(3, 1, 1, false, 44));
+        assert_eq!(rest.await.unwrap(), report(3, 1, 1, 44));
         assert_eq!(
             numbers(&store, conversation.id).await,
             [44, 46, 47, 48, 49, 50, 45]
@@ -374,9 +405,9 @@ mod tests {
     }
 
     /// A provider that answers the same page whatever it is asked is read twice, not up
-    /// to the limit; one that answers more than asked is cut to the limit and read on.
+    /// to the limit; a page longer than asked for is refused, and nothing of it stored.
     #[tokio::test]
-    async fn a_page_that_does_not_go_back_in_time_ends_the_backfill_and_a_long_one_is_cut() {
+    async fn a_page_that_does_not_go_back_in_time_ends_the_backfill_and_a_long_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open(dir.path()).await;
         let conversation = received_live(&store, [45]).await;
@@ -392,22 +423,59 @@ mod tests {
             None,
             1_000,
         );
-        assert_eq!(read.await.unwrap(), report(4, 4, 2, false, 47));
+        assert_eq!(read.await.unwrap(), report(4, 4, 2, 47));
 
         let long = Provider {
-            extra: 10,
-            ..Provider::new(6)
+            extra: 1,
+            ..Provider::new(50)
         };
-        let read = backfill(
+        let refused = backfill(
             &store,
             &long,
             &conversation,
             BackfillFrom::Earlier,
-            Some("6".into()),
-            1_000,
+            None,
+            100,
         );
-        assert_eq!(read.await.unwrap(), report(5, 0, 2, true, 1));
-        assert_eq!(long.asked(), [(Some("6".into()), 4), (Some("2".into()), 4)]);
+        match refused.await {
+            Err(BackfillError::BadPage(reason)) => assert_eq!(
+                reason,
+                "a page of 5 messages where at most 4 were asked for"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(numbers(&store, conversation.id).await.len(), 5);
+        writer.finish().await;
+    }
+
+    /// Pages of the connection's own messages only come back empty, and reading goes on
+    /// past them to the chat's first message.
+    #[tokio::test]
+    async fn pages_left_empty_by_the_connector_are_read_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = received_live(&store, 48..=50).await;
+        let provider = Provider {
+            own: 40..=47,
+            ..Provider::new(50)
+        };
+        let read = backfill(
+            &store,
+            &provider,
+            &conversation,
+            BackfillFrom::Earlier,
+            None,
+            100,
+        );
+        assert_eq!(read.await.unwrap(), complete(39, 0, 12));
+        assert_eq!(
+            provider.asked()[..3],
+            [
+                (Some("48".into()), 4),
+                (Some("44".into()), 4),
+                (Some("40".into()), 4)
+            ]
+        );
         writer.finish().await;
     }
 }

@@ -232,8 +232,8 @@ pub struct EditMessage {
 pub struct BackfillRequest {
     #[serde(default)]
     pub from: BackfillFrom,
-    /// Start before the message with this provider id instead: to read on from where a
-    /// backfill the limit cut short ended (its report's `earliest`).
+    /// Start before the message with this provider id instead: to read on where a backfill
+    /// ended (its report's `next_before`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub before: Option<String>,
     /// Most messages to read, 1 to [`BackfillRequest::MAX_LIMIT`]; by default
@@ -251,8 +251,8 @@ impl BackfillRequest {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackfillFrom {
-    /// From the newest message, until a page reaches back to one the inbox has: catches up
-    /// on what the gateway missed.
+    /// From the newest message, until it reaches a message the inbox has below one it did
+    /// not have (the bottom of a gap): catches up on what the gateway missed.
     #[default]
     Latest,
     /// From before the earliest message the inbox has: loads older history.
@@ -270,9 +270,9 @@ pub struct BackfillReport {
     pub pages: u32,
     /// The provider has no older messages than these.
     pub complete: bool,
-    /// The provider id of the oldest message read: where to read on from.
+    /// Where to read on: pass it as `before`. Absent when the provider has nothing older.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub earliest: Option<String>,
+    pub next_before: Option<String>,
 }
 
 /// A person writing to their gateway through web chat.

@@ -220,7 +220,8 @@ pub struct HistoryRequest<'a> {
     /// The provider id of a message: the page holds messages sent before it. `None`: the
     /// newest messages.
     pub before: Option<&'a str>,
-    /// Most messages in the page; never more than [`Backfill::max_page`].
+    /// Most messages in the page (a longer page is refused); never more than
+    /// [`Backfill::max_page`].
     pub limit: usize,
 }
 
@@ -232,8 +233,9 @@ pub struct HistoryPage {
     /// messages it cannot read, and those of the connection's own account, which an
     /// event cannot tell from the person's (the gateway's own sends are in the store).
     pub messages: Vec<Event>,
-    /// Whether the provider has older messages than these.
-    pub more: bool,
+    /// The provider id to ask the next, older page before (where the provider's page
+    /// ended, whatever was left out of it); `None` when there is nothing older.
+    pub older: Option<String>,
 }
 
 #[derive(Debug, Error)]
@@ -250,7 +252,7 @@ pub enum HistoryError {
 /// for a conversation the gateway joined late or could not hear for a while.
 #[async_trait]
 pub trait Backfill: Send + Sync {
-    /// Most messages the provider gives in one page.
+    /// Most messages the provider gives in one page, at least 1.
     fn max_page(&self) -> usize;
     async fn history(&self, request: &HistoryRequest<'_>) -> Result<HistoryPage, HistoryError>;
 }

@@ -123,22 +123,13 @@ fn ingest(cx: &mut Ctx<'_>, event: &Event) -> Result<IngestOutcome, StoreError> 
         if let Some(stored) = stored_message(cx, key.as_str())? {
             let (message_id, conversation_id) =
                 (parse_id(&stored.id)?, parse_id(&stored.conversation_id)?);
-            if stored.backfilled {
-                // Read from the history before its live delivery came: it arrives now.
-                cx.execute(
-                    "UPDATE messages SET backfilled = 0 WHERE id = ?",
-                    [&stored.id],
-                )?;
-                let (_, agent_mode) =
-                    upsert_conversation(cx, &event.source, &message.conversation)?;
-                cx.changed(Change::MessageUpdated(message_id));
-                arrived_live(cx, conversation_id, message_id, agent_mode, message)?;
-            }
+            let arrived = stored.backfilled
+                && arrive_late(cx, event, message, &stored, message_id, conversation_id)?;
             return Ok(IngestOutcome {
                 event_id: parse_id(&stored.event_id)?,
                 message_id: Some(message_id),
                 conversation_id: Some(conversation_id),
-                duplicate: !stored.backfilled,
+                duplicate: !arrived,
             });
         }
         let (message_id, conversation_id) =
@@ -371,7 +362,10 @@ fn insert_received(
     cx.changed(Change::MessageCreated(message_id));
     cx.changed(Change::ConversationUpdated(conversation_id));
     match arrival {
-        Arrival::Live => arrived_live(cx, conversation_id, message_id, agent_mode, message)?,
+        Arrival::Live => {
+            let text = message.text.as_deref();
+            arrived_live(cx, conversation_id, message_id, agent_mode, message, text)?
+        }
         Arrival::Backfilled { sent_at } => {
             cx.execute(
                 // Only a message newer than the conversation's last moves its preview; the
@@ -390,16 +384,17 @@ fn insert_received(
     Ok((message_id, conversation_id))
 }
 
-/// What an inbound message does as it arrives live: it moves its conversation up, counts
-/// as unread and may ask Pi.
+/// What an inbound message does as it arrives live: it moves its conversation up (showing
+/// `text`), counts as unread and may ask Pi.
 fn arrived_live(
     cx: &mut Ctx<'_>,
     conversation_id: ConversationId,
     message_id: MessageId,
     agent_mode: Option<AgentMode>,
     message: &MessageReceived,
+    text: Option<&str>,
 ) -> Result<(), StoreError> {
-    bump_conversation(cx, &conversation_id, message.text.as_deref(), true)?;
+    bump_conversation(cx, &conversation_id, text, true)?;
     agent::on_message_received(
         cx,
         conversation_id,
@@ -416,11 +411,14 @@ struct StoredMessage {
     conversation_id: String,
     event_id: String,
     backfilled: bool,
+    text: Option<String>,
+    deleted: bool,
 }
 
 fn stored_message(cx: &Ctx<'_>, dedupe_key: &str) -> Result<Option<StoredMessage>, StoreError> {
     let found = cx.query_optional(
-        "SELECT id, conversation_id, event_id, backfilled FROM messages WHERE dedupe_key = ?",
+        "SELECT id, conversation_id, event_id, backfilled, text, deleted_at IS NOT NULL
+         FROM messages WHERE dedupe_key = ?",
         [dedupe_key],
         |r| {
             Ok(StoredMessage {
@@ -428,10 +426,48 @@ fn stored_message(cx: &Ctx<'_>, dedupe_key: &str) -> Result<Option<StoredMessage
                 conversation_id: r.get(1)?,
                 event_id: r.get(2)?,
                 backfilled: r.get(3)?,
+                text: r.get(4)?,
+                deleted: r.get(5)?,
             })
         },
     )?;
     Ok(found)
+}
+
+/// The live delivery of a message read from the history first: if it is still its
+/// conversation's newest message (and not deleted), it arrives now, unread and asking Pi as
+/// any arrival; otherwise it stays history, so that nothing newer is answered in its place.
+/// Answers whether it arrived.
+fn arrive_late(
+    cx: &mut Ctx<'_>,
+    event: &Event,
+    message: &MessageReceived,
+    stored: &StoredMessage,
+    message_id: MessageId,
+    conversation_id: ConversationId,
+) -> Result<bool, StoreError> {
+    let newest = cx
+        .query_optional(
+            "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM messages WHERE conversation_id = ? AND id > ?)",
+            params![stored.conversation_id, stored.id],
+            |r| r.get::<_, i64>(0),
+        )?
+        .is_some();
+    if stored.deleted || !newest {
+        return Ok(false);
+    }
+    cx.execute(
+        "UPDATE messages SET backfilled = 0 WHERE id = ?",
+        [&stored.id],
+    )?;
+    let (_, agent_mode) = upsert_conversation(cx, &event.source, &message.conversation)?;
+    let text = stored.text.as_deref();
+    arrived_live(cx, conversation_id, message_id, agent_mode, message, text)?;
+    // The person may have read it already, as history.
+    recount_unread(cx, conversation_id)?;
+    cx.changed(Change::MessageUpdated(message_id));
+    cx.changed(Change::ConversationUpdated(conversation_id));
+    Ok(true)
 }
 
 /// Stores one page of a chat's history. Every event must be a valid `message.received` of

@@ -1145,10 +1145,11 @@ mod tests {
     }
 
     /// A message read from the history before its live delivery came arrives with that
-    /// delivery: unread, asking Pi, no longer marked backfilled. A second delivery is a
-    /// duplicate.
+    /// delivery if it is still the conversation's newest: unread, asking Pi, no longer
+    /// marked backfilled. An older one stays history, and the run keeps answering the
+    /// newer message. A second delivery is a duplicate.
     #[tokio::test]
-    async fn a_live_delivery_of_a_backfilled_message_makes_it_arrive() {
+    async fn a_live_delivery_of_the_newest_backfilled_message_makes_it_arrive() {
         let dir = tempfile::tempdir().unwrap();
         let (store, writer) = open_queuing(
             dir.path(),
@@ -1160,17 +1161,35 @@ mod tests {
         let conversation = conversation(&store, "1").await;
         store.mark_read(conversation, None).await.unwrap();
         let none_busy = HashSet::new();
-        let runs = || store.queued_runs(10, &none_busy);
-        assert_eq!(runs().await.unwrap().len(), 1);
-        let late = from_history("2", "late", "2026-11-21T10:00:05Z");
+        let trigger = async || {
+            let runs = store.queued_runs(10, &none_busy).await.unwrap();
+            assert_eq!(runs.len(), 1, "one run per conversation at a time");
+            runs[0].trigger_message_id
+        };
+        let first = trigger().await;
+        // Ids minted a few milliseconds apart sort as they were minted.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let old = from_history("2", "old", "2026-11-20T10:00:00Z");
+        let late = from_history("3", "late", &jiff::Timestamp::now().to_string());
+        let page = vec![late.clone(), old.clone()];
         store
-            .backfill(webchat(), "chat".into(), vec![late.clone()])
+            .backfill(webchat(), "chat".into(), page)
             .await
             .unwrap();
         assert_eq!(
             store.conversation(conversation).await.unwrap().unread_count,
             0
         );
+
+        let stays = store.ingest(old).await.unwrap();
+        assert!(stays.duplicate, "not the newest: it stays history");
+        let old_message = store.message(stays.message_id.unwrap()).await.unwrap();
+        assert!(old_message.backfilled);
+        assert_eq!(
+            store.conversation(conversation).await.unwrap().unread_count,
+            0
+        );
+        assert_eq!(trigger().await, first);
 
         let arrived = store.ingest(late.clone()).await.unwrap();
         assert!(!arrived.duplicate);
@@ -1179,12 +1198,7 @@ mod tests {
         let after = store.conversation(conversation).await.unwrap();
         assert_eq!(after.unread_count, 1);
         assert_eq!(after.last_message_preview.as_deref(), Some("late"));
-        let queued = runs().await.unwrap();
-        assert_eq!(queued.len(), 1, "one run per conversation at a time");
-        assert_eq!(
-            queued[0].trigger_message_id, message.id,
-            "it answers the arrival"
-        );
+        assert_eq!(trigger().await, message.id, "it answers the arrival");
 
         let again = store.ingest(late).await.unwrap();
         assert!(again.duplicate);
