@@ -190,6 +190,30 @@ mod tests {
         .unwrap()
     }
 
+    /// A Slack connection named `team` whose history is the provider's.
+    #[async_trait]
+    impl crate::channels::Connector for Provider {
+        fn name(&self) -> &str {
+            "team"
+        }
+        fn channel(&self) -> moltbot_protocol::Channel {
+            moltbot_protocol::Channel::Slack
+        }
+        fn max_text_len(&self) -> usize {
+            4_000
+        }
+        async fn run(self: Arc<Self>, _shutdown: tokio_util::sync::CancellationToken) {}
+        async fn send(
+            &self,
+            _part: &crate::channels::OutgoingPart<'_>,
+        ) -> Result<Option<String>, crate::channels::SendError> {
+            Ok(None)
+        }
+        fn backfill(&self) -> Option<&dyn Backfill> {
+            Some(self)
+        }
+    }
+
     #[async_trait]
     impl Backfill for Provider {
         fn max_page(&self) -> usize {
@@ -477,5 +501,79 @@ mod tests {
             ]
         );
         writer.finish().await;
+    }
+
+    /// Through the API: a backfill answers its report, a page the connector got wrong
+    /// answers 500; each is audited.
+    #[tokio::test]
+    async fn the_api_answers_the_report_and_audits_every_backfill() {
+        use axum::body::Body;
+        use axum::http::{Request, StatusCode};
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = open(dir.path()).await;
+        let conversation = received_live(&store, [45]).await;
+        let yaml =
+            "tenant: {id: t}\ndata_dir: unused\nauth: {inbox_token: token-token-token-token}\n";
+        let env = std::collections::BTreeMap::new();
+        let config = crate::config::Config::from_yaml(yaml, "t.yaml".as_ref(), &env).unwrap();
+        let call = async |provider: Provider, body: &str| {
+            let state = crate::api::AppState {
+                store: store.clone(),
+                bus: Bus::new(16),
+                connectors: crate::channels::Connectors::of([Arc::new(provider) as _]),
+                metrics: Arc::new(Metrics::new()),
+                config: watch::channel(Arc::new(config.clone())).1,
+                shutdown: tokio_util::sync::CancellationToken::new(),
+                streams: Arc::new(tokio::sync::Semaphore::new(1)),
+            };
+            let request = Request::post(format!("/v1/conversations/{}/backfill", conversation.id))
+                .header("authorization", "Bearer token-token-token-token")
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap();
+            let response = crate::api::router(state).oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        };
+
+        let (status, report) = call(Provider::new(50), r#"{"from": "earlier", "limit": 6}"#).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        assert_eq!(
+            report,
+            serde_json::json!({"stored": 6, "known": 0, "pages": 2, "complete": false, "next_before": "39"})
+        );
+        let long = Provider {
+            extra: 1,
+            ..Provider::new(50)
+        };
+        let (status, error) = call(long, "{}").await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{error}");
+        assert_eq!(error["error"], "internal");
+
+        writer.finish().await;
+        let db = rusqlite::Connection::open(dir.path().join(crate::store::DB_FILE)).unwrap();
+        let audited: Vec<String> = db
+            .prepare(
+                "SELECT detail FROM audit_log WHERE action = 'conversation.backfill' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(audited.len(), 2);
+        assert!(audited[0].contains(r#""stored":6"#), "{}", audited[0]);
+        assert!(
+            audited[1].contains("a page of 5 messages"),
+            "{}",
+            audited[1]
+        );
     }
 }

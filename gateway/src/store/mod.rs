@@ -56,7 +56,7 @@ pub(crate) use outbox::OutboxWrite;
 pub use outbox::{Operation, OutboxItem};
 pub use read::ConversationFilter;
 
-const DB_FILE: &str = "gateway.db";
+pub(crate) const DB_FILE: &str = "gateway.db";
 /// How long a connection waits for a lock another one holds before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
