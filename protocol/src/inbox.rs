@@ -252,7 +252,8 @@ impl BackfillRequest {
 #[serde(rename_all = "snake_case")]
 pub enum BackfillFrom {
     /// From the newest message, until it reaches a message the inbox has below one it did
-    /// not have (the bottom of a gap): catches up on what the gateway missed.
+    /// not have (the bottom of a gap): catches up on what the gateway missed. With no gap
+    /// it reads on past the inbox's earliest message, up to the limit.
     #[default]
     Latest,
     /// From before the earliest message the inbox has: loads older history.

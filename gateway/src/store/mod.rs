@@ -662,6 +662,12 @@ mod tests {
             .unwrap()
     }
 
+    /// A store whose new messages ask Pi, on autopilot.
+    async fn open_autopilot(dir: &Path) -> (Store, WriterHandle) {
+        let mode = moltbot_protocol::inbox::AgentMode::Autopilot;
+        open_queuing(dir, &StoreConfig::default(), Arc::new(Metrics::new()), mode).await
+    }
+
     fn event(kind: &str, data: serde_json::Value) -> Event {
         serde_json::from_value(json!({
             "schema_version": 1, "id": ulid::Ulid::new().to_string(),
@@ -1028,13 +1034,7 @@ mod tests {
     #[tokio::test]
     async fn backfilled_messages_go_where_their_time_puts_them_and_ask_for_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = open_queuing(
-            dir.path(),
-            &StoreConfig::default(),
-            Arc::new(Metrics::new()),
-            moltbot_protocol::inbox::AgentMode::Autopilot,
-        )
-        .await;
+        let (store, writer) = open_autopilot(dir.path()).await;
         let conversation = conversation(&store, "10").await;
         let live = store.conversation(conversation).await.unwrap();
         let runs = store.queued_runs(10, &HashSet::new()).await.unwrap();
@@ -1151,13 +1151,7 @@ mod tests {
     #[tokio::test]
     async fn a_live_delivery_of_the_newest_backfilled_message_makes_it_arrive() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = open_queuing(
-            dir.path(),
-            &StoreConfig::default(),
-            Arc::new(Metrics::new()),
-            moltbot_protocol::inbox::AgentMode::Autopilot,
-        )
-        .await;
+        let (store, writer) = open_autopilot(dir.path()).await;
         let conversation = conversation(&store, "1").await;
         store.mark_read(conversation, None).await.unwrap();
         let none_busy = HashSet::new();
@@ -1215,13 +1209,7 @@ mod tests {
     #[tokio::test]
     async fn the_history_after_a_summary_starts_past_its_last_message() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, writer) = open_queuing(
-            dir.path(),
-            &StoreConfig::default(),
-            Arc::new(Metrics::new()),
-            moltbot_protocol::inbox::AgentMode::Autopilot,
-        )
-        .await;
+        let (store, writer) = open_autopilot(dir.path()).await;
         // Ids minted a few milliseconds apart sort as they were minted.
         let a_moment = || tokio::time::sleep(std::time::Duration::from_millis(5));
         let mut ids = Vec::new();
